@@ -1,0 +1,420 @@
+/*
+ * fs/opts.c - command line and -o option parsing.
+ *
+ * We split -o lists ourselves (commas escaped as "\,") so that every one of
+ * our options is validated with a message naming it, before anything is
+ * mounted.  Options we do not know are handed to libfuse, which rejects
+ * the ones it does not know either.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fs/fs.h"
+
+static const char *const profile_names[] = {
+	[FS_PROFILE_COMMAND] = "command",
+	[FS_PROFILE_JUICEFS] = "juicefs",
+	[FS_PROFILE_ALLUXIO] = "alluxio",
+	[FS_PROFILE_SSHFS] = "sshfs",
+	[FS_PROFILE_BINDFS] = "bindfs",
+};
+
+const char *fs_profile_name(enum fs_engine_profile p)
+{
+	return profile_names[p];
+}
+
+int fs_profile_parse(const char *name, enum fs_engine_profile *out)
+{
+	for (size_t i = 0; i < sizeof(profile_names) / sizeof(*profile_names); i++)
+		if (!strcmp(name, profile_names[i])) {
+			*out = i;
+			return 0;
+		}
+	return -EINVAL;
+}
+
+void fs_opts_init(struct fs_opts *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->profile = FS_PROFILE_COMMAND;
+	o->start_timeout = 30;
+	o->hang_timeout = 30;
+	o->attr_timeout = 1;
+	o->entry_timeout = 1;
+	o->journal_mem = 8u << 20;
+	o->journal_max = 256u << 20;
+}
+
+void fs_opts_release(struct fs_opts *o)
+{
+	free(o->source);
+	free(o->mountpoint);
+	free(o->engine_cmd);
+	free(o->engine_env);
+	free(o->engine_opts);
+	free(o->state_dir);
+	memset(o, 0, sizeof(*o));
+}
+
+void fs_usage(const char *prog)
+{
+	printf("usage: %s [-f] [-d] [-o OPT[,OPT...]] SOURCE MOUNTPOINT\n"
+	       "\n"
+	       "A FUSE proxy that starts the real engine on first access and keeps\n"
+	       "open files working across engine crashes.  See lazarusfs(8).\n"
+	       "\n"
+	       "  -f                     stay in the foreground\n"
+	       "  -d                     debug output (implies -f)\n"
+	       "  -h, --help             this help\n"
+	       "  -V, --version          version\n"
+	       "\n"
+	       "lazarusfs options (-o):\n"
+	       "  engine=PROFILE         command (default), juicefs, alluxio, sshfs, bindfs\n"
+	       "  engine_cmd=TEMPLATE    engine argv; {source} {mnt} {id} are replaced\n"
+	       "  engine_opts=OPTS       extra options handed to the engine's -o (profiles)\n"
+	       "  engine_env=FILE        KEY=VALUE environment for the engine (secrets)\n"
+	       "  start_timeout=SECONDS  engine must mount within this (30)\n"
+	       "  idle_timeout=SECONDS   stop an idle engine after this, 0 = never (0)\n"
+	       "  hang_timeout=SECONDS   kill an engine stuck this long (30)\n"
+	       "  recovery_timeout=SECONDS  fail requests with EIO after waiting this\n"
+	       "                         long for a restart, 0 = wait forever (0)\n"
+	       "  state_dir=DIR          backend mounts, logs, control socket (%s)\n"
+	       "  attr_timeout=SECONDS   kernel attribute cache (1)\n"
+	       "  entry_timeout=SECONDS  kernel name cache (1)\n"
+	       "  negative_timeout=SECONDS  kernel negative name cache (0)\n"
+	       "  journal_mem=SIZE       write journal kept in memory per handle (8M)\n"
+	       "  journal_max=SIZE       journal size that triggers an fsync (256M)\n"
+	       "\n"
+	       "Other -o options go to the kernel (ro, allow_other, ...).\n",
+	       prog, LAZARUSFS_STATE_DIR);
+}
+
+static int parse_seconds(const char *key, const char *v, double *out,
+			 char *err, size_t errlen)
+{
+	char *end;
+	double d;
+
+	errno = 0;
+	d = strtod(v, &end);
+	if (!*v || *end || errno || !isfinite(d) || d < 0 || d > 1e7) {
+		snprintf(err, errlen, "invalid value for %s: '%s' (want seconds >= 0)",
+			 key, v);
+		return -EINVAL;
+	}
+	*out = d;
+	return 0;
+}
+
+static int parse_size(const char *key, const char *v, size_t *out, char *err,
+		      size_t errlen)
+{
+	unsigned long long n;
+	char *end;
+	int shift = 0;
+
+	errno = 0;
+	n = strtoull(v, &end, 10);
+	if (end != v && *end && !end[1]) {
+		switch (*end) {
+		case 'k': case 'K': shift = 10; end++; break;
+		case 'm': case 'M': shift = 20; end++; break;
+		case 'g': case 'G': shift = 30; end++; break;
+		}
+	}
+	if (end == v || *end || errno || *v == '-' || n > (SIZE_MAX >> 31)) {
+		snprintf(err, errlen, "invalid value for %s: '%s' (want a size like 64M)",
+			 key, v);
+		return -EINVAL;
+	}
+	*out = (size_t)n << shift;
+	return 0;
+}
+
+static int set_str(char **dst, const char *key, const char *v, char *err,
+		   size_t errlen)
+{
+	if (!*v) {
+		snprintf(err, errlen, "empty value for %s", key);
+		return -EINVAL;
+	}
+	free(*dst);
+	*dst = strdup(v);
+	return *dst ? 0 : -ENOMEM;
+}
+
+static int strv_push(char ***v, const char *s)
+{
+	size_t n = fs_strv_len(*v);
+	char **nv = realloc(*v, (n + 2) * sizeof(char *));
+
+	if (!nv)
+		return -ENOMEM;
+	*v = nv;
+	nv[n] = strdup(s);
+	nv[n + 1] = NULL;
+	return nv[n] ? 0 : -ENOMEM;
+}
+
+/* One "key[=value]" option.  Returns 1 when it is not ours. */
+static int parse_one(struct fs_opts *o, const char *opt, bool *explicit_profile,
+		     char *err, size_t errlen)
+{
+	const char *eq = strchr(opt, '=');
+	size_t klen = eq ? (size_t)(eq - opt) : strlen(opt);
+	const char *v = eq ? eq + 1 : NULL;
+	char key[64];
+
+	if (klen >= sizeof(key))
+		return 1;
+	memcpy(key, opt, klen);
+	key[klen] = 0;
+
+	static const struct {
+		const char *name;
+		size_t off;
+	} secs[] = {
+		{ "start_timeout", offsetof(struct fs_opts, start_timeout) },
+		{ "idle_timeout", offsetof(struct fs_opts, idle_timeout) },
+		{ "hang_timeout", offsetof(struct fs_opts, hang_timeout) },
+		{ "recovery_timeout", offsetof(struct fs_opts, recovery_timeout) },
+		{ "attr_timeout", offsetof(struct fs_opts, attr_timeout) },
+		{ "entry_timeout", offsetof(struct fs_opts, entry_timeout) },
+		{ "negative_timeout", offsetof(struct fs_opts, negative_timeout) },
+	};
+	static const struct {
+		const char *name;
+		size_t off;
+	} strs[] = {
+		{ "engine_cmd", offsetof(struct fs_opts, engine_cmd) },
+		{ "engine_env", offsetof(struct fs_opts, engine_env) },
+		{ "engine_opts", offsetof(struct fs_opts, engine_opts) },
+		{ "state_dir", offsetof(struct fs_opts, state_dir) },
+	};
+	bool ours = !strcmp(key, "engine") || !strcmp(key, "journal_mem") ||
+		    !strcmp(key, "journal_max");
+
+	for (size_t i = 0; i < sizeof(secs) / sizeof(*secs); i++)
+		ours |= !strcmp(key, secs[i].name);
+	for (size_t i = 0; i < sizeof(strs) / sizeof(*strs); i++)
+		ours |= !strcmp(key, strs[i].name);
+	if (!ours)
+		return 1;
+	if (!v) {
+		snprintf(err, errlen, "option %s needs a value (%s=...)", key, key);
+		return -EINVAL;
+	}
+	if (!strcmp(key, "engine")) {
+		if (fs_profile_parse(v, &o->profile)) {
+			snprintf(err, errlen,
+				 "unknown engine profile '%s' (want command, juicefs, alluxio, sshfs or bindfs)",
+				 v);
+			return -EINVAL;
+		}
+		*explicit_profile = true;
+		return 0;
+	}
+	if (!strcmp(key, "journal_mem"))
+		return parse_size(key, v, &o->journal_mem, err, errlen);
+	if (!strcmp(key, "journal_max"))
+		return parse_size(key, v, &o->journal_max, err, errlen);
+	for (size_t i = 0; i < sizeof(secs) / sizeof(*secs); i++)
+		if (!strcmp(key, secs[i].name))
+			return parse_seconds(key, v, (double *)((char *)o + secs[i].off),
+					     err, errlen);
+	for (size_t i = 0; i < sizeof(strs) / sizeof(*strs); i++)
+		if (!strcmp(key, strs[i].name))
+			return set_str((char **)((char *)o + strs[i].off), key, v,
+				       err, errlen);
+	return 1;
+}
+
+/* Split an -o list on unescaped commas; "\," and "\\" are unescaped. */
+static int parse_optlist(struct fs_opts *o, const char *list,
+			 bool *explicit_profile, char ***rest, char *err,
+			 size_t errlen)
+{
+	size_t len = strlen(list);
+	char *buf = malloc(len + 1);
+	int ret = 0;
+
+	if (!buf)
+		return -ENOMEM;
+	for (const char *p = list;; ) {
+		size_t n = 0;
+
+		while (*p && *p != ',') {
+			if (*p == '\\' && p[1])
+				p++;
+			buf[n++] = *p++;
+		}
+		buf[n] = 0;
+		if (n) {
+			ret = parse_one(o, buf, explicit_profile, err, errlen);
+			if (ret == 1)
+				ret = strv_push(rest, buf);
+			if (ret)
+				break;
+		}
+		if (!*p)
+			break;
+		p++;
+	}
+	free(buf);
+	return ret;
+}
+
+/* Join options back into one -o argument for libfuse, escaping commas. */
+static char *join_opts(char **v)
+{
+	size_t len = 1;
+	char *s, *p;
+
+	for (size_t i = 0; v && v[i]; i++)
+		len += 2 * strlen(v[i]) + 1;
+	s = p = malloc(len);
+	if (!s)
+		return NULL;
+	for (size_t i = 0; v && v[i]; i++) {
+		if (i)
+			*p++ = ',';
+		for (const char *q = v[i]; *q; q++) {
+			if (*q == ',' || *q == '\\')
+				*p++ = '\\';
+			*p++ = *q;
+		}
+	}
+	*p = 0;
+	return s;
+}
+
+int fs_opts_parse(struct fs_opts *o, int argc, char **argv, int *fuse_argc,
+		  char ***fuse_argv, char *err, size_t errlen)
+{
+	bool explicit_profile = false;
+	char **rest = NULL, **fargv = NULL, *joined = NULL;
+	char masked[512], fsname[600], *mnt = NULL;
+	const char *positional[2] = { NULL, NULL };
+	int npos = 0, ret = 0;
+
+	*fuse_argc = 0;
+	*fuse_argv = NULL;
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+
+		if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+			fs_usage(argv[0]);
+			ret = 1;
+			goto out;
+		} else if (!strcmp(a, "-V") || !strcmp(a, "--version")) {
+			printf("lazarusfs %s\n", PACKAGE_VERSION);
+			ret = 1;
+			goto out;
+		} else if (!strcmp(a, "-f")) {
+			o->foreground = true;
+		} else if (!strcmp(a, "-d")) {
+			o->foreground = o->debug = true;
+		} else if (!strcmp(a, "-o") || !strncmp(a, "-o", 2)) {
+			const char *list = a[2] ? a + 2 : (i + 1 < argc ? argv[++i] : NULL);
+
+			if (!list) {
+				snprintf(err, errlen, "-o needs an option list");
+				ret = -EINVAL;
+				goto out;
+			}
+			ret = parse_optlist(o, list, &explicit_profile, &rest, err,
+					    errlen);
+			if (ret)
+				goto out;
+		} else if (a[0] == '-' && a[1]) {
+			snprintf(err, errlen, "unknown flag '%s' (see --help)", a);
+			ret = -EINVAL;
+			goto out;
+		} else if (npos < 2) {
+			positional[npos++] = a;
+		} else {
+			snprintf(err, errlen, "unexpected argument '%s' (want SOURCE MOUNTPOINT)",
+				 a);
+			ret = -EINVAL;
+			goto out;
+		}
+	}
+	if (npos < 2) {
+		snprintf(err, errlen, "missing %s (usage: lazarusfs [-f] [-o OPTS] SOURCE MOUNTPOINT)",
+			 npos ? "MOUNTPOINT" : "SOURCE and MOUNTPOINT");
+		ret = -EINVAL;
+		goto out;
+	}
+	if (o->engine_cmd && explicit_profile && o->profile != FS_PROFILE_COMMAND) {
+		snprintf(err, errlen, "engine_cmd is only for engine=command, not engine=%s",
+			 fs_profile_name(o->profile));
+		ret = -EINVAL;
+		goto out;
+	}
+	if (o->profile == FS_PROFILE_COMMAND && !o->engine_cmd) {
+		snprintf(err, errlen,
+			 "no engine: give engine=PROFILE (juicefs, alluxio, sshfs, bindfs) or engine_cmd=TEMPLATE");
+		ret = -EINVAL;
+		goto out;
+	}
+	if (o->hang_timeout > 0 && o->hang_timeout < 1) {
+		snprintf(err, errlen, "hang_timeout must be at least 1 second");
+		ret = -EINVAL;
+		goto out;
+	}
+	if (o->start_timeout <= 0) {
+		snprintf(err, errlen, "start_timeout must be more than 0");
+		ret = -EINVAL;
+		goto out;
+	}
+	mnt = realpath(positional[1], NULL);
+	if (!mnt) {
+		ret = -errno;
+		snprintf(err, errlen, "%s: mountpoint %s", strerror(-ret), positional[1]);
+		goto out;
+	}
+	o->source = strdup(positional[0]);
+	o->mountpoint = mnt;
+	mnt = NULL;
+	if (!o->state_dir)
+		o->state_dir = strdup(LAZARUSFS_STATE_DIR);
+	if (!o->source || !o->state_dir) {
+		ret = -ENOMEM;
+		goto out;
+	}
+
+	/* fsname shows in df and mountinfo: never the secret */
+	fs_mask_secret(o->source, masked, sizeof(masked));
+	snprintf(fsname, sizeof(fsname), "fsname=%s", masked);
+	if ((ret = strv_push(&rest, fsname)) ||
+	    (ret = strv_push(&rest, "subtype=lazarusfs")) ||
+	    (ret = strv_push(&rest, "allow_other")) ||
+	    (ret = strv_push(&rest, "default_permissions")))
+		goto out;
+	if (o->debug && (ret = strv_push(&rest, "debug")))
+		goto out;
+	joined = join_opts(rest);
+	if (!joined || (ret = strv_push(&fargv, argv[0])) ||
+	    (ret = strv_push(&fargv, "-o")) || (ret = strv_push(&fargv, joined))) {
+		ret = ret ? ret : -ENOMEM;
+		goto out;
+	}
+	*fuse_argc = fs_strv_len(fargv);
+	*fuse_argv = fargv;
+	fargv = NULL;
+out:
+	free(mnt);
+	free(joined);
+	fs_strv_free(rest);
+	fs_strv_free(fargv);
+	if (ret == -ENOMEM)
+		snprintf(err, errlen, "out of memory");
+	return ret;
+}

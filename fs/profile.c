@@ -1,0 +1,410 @@
+/*
+ * fs/profile.c - engine command lines.
+ *
+ * A profile turns SOURCE and the hidden backend mountpoint into the argv of
+ * an engine that stays in the foreground (it is our child; we watch its
+ * pidfd).  No shell is involved anywhere: templates are split into words
+ * here, with shell-like quoting, and placeholders are replaced inside words.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fs/fs.h"
+
+size_t fs_strv_len(char *const *v)
+{
+	size_t n = 0;
+
+	while (v && v[n])
+		n++;
+	return n;
+}
+
+void fs_strv_free(char **v)
+{
+	for (size_t i = 0; v && v[i]; i++)
+		free(v[i]);
+	free(v);
+}
+
+/* A growable string and a growable vector, just for this file. */
+struct sbuf {
+	char *s;
+	size_t len, cap;
+};
+
+static int sbuf_add(struct sbuf *b, const char *s, size_t n)
+{
+	if (b->len + n + 1 > b->cap) {
+		size_t cap = b->cap ? b->cap * 2 : 64;
+		char *ns;
+
+		while (cap < b->len + n + 1)
+			cap *= 2;
+		ns = realloc(b->s, cap);
+		if (!ns)
+			return -ENOMEM;
+		b->s = ns;
+		b->cap = cap;
+	}
+	memcpy(b->s + b->len, s, n);
+	b->len += n;
+	b->s[b->len] = 0;
+	return 0;
+}
+
+static int strv_add(char ***v, size_t *n, char *s)
+{
+	char **nv = realloc(*v, (*n + 2) * sizeof(char *));
+
+	if (!nv) {
+		free(s);
+		return -ENOMEM;
+	}
+	nv[(*n)++] = s;
+	nv[*n] = NULL;
+	*v = nv;
+	return 0;
+}
+
+static int strv_add_dup(char ***v, size_t *n, const char *s)
+{
+	char *d = strdup(s);
+
+	return d ? strv_add(v, n, d) : -ENOMEM;
+}
+
+/* Append `s` to the word, replacing {source}, {mnt} and {id}. */
+static int add_expanded(struct sbuf *w, const char *s, size_t n,
+			const char *const vals[3], char *err, size_t errlen)
+{
+	static const char *const keys[3] = { "{source}", "{mnt}", "{id}" };
+	const char *end = s + n;
+	int ret;
+
+	while (s < end) {
+		const char *brace = memchr(s, '{', end - s);
+		size_t i;
+
+		if (!brace)
+			return sbuf_add(w, s, end - s);
+		if ((ret = sbuf_add(w, s, brace - s)))
+			return ret;
+		for (i = 0; i < 3; i++) {
+			size_t kl = strlen(keys[i]);
+
+			if ((size_t)(end - brace) >= kl && !memcmp(brace, keys[i], kl)) {
+				if ((ret = sbuf_add(w, vals[i], strlen(vals[i]))))
+					return ret;
+				s = brace + kl;
+				break;
+			}
+		}
+		if (i == 3) {
+			const char *close = memchr(brace, '}', end - brace);
+
+			if (close && close - brace < 32 && close > brace + 1) {
+				snprintf(err, errlen,
+					 "unknown placeholder %.*s in engine_cmd (known: {source} {mnt} {id})",
+					 (int)(close - brace + 1), brace);
+				return -EINVAL;
+			}
+			if ((ret = sbuf_add(w, "{", 1)))
+				return ret;
+			s = brace + 1;
+		}
+	}
+	return 0;
+}
+
+int fs_template_expand(const char *tmpl, const char *source, const char *mnt,
+		       const char *id, char ***out, char *err, size_t errlen)
+{
+	const char *vals[3] = { source, mnt, id };
+	struct sbuf w = { 0 };
+	char **v = NULL;
+	size_t n = 0;
+	bool inword = false;
+	int ret = 0;
+
+	for (const char *p = tmpl;;) {
+		char c = *p;
+
+		if (!c || c == ' ' || c == '\t' || c == '\n') {
+			if (inword) {
+				if ((ret = strv_add(&v, &n, w.s ? w.s : strdup(""))))
+					goto out;
+				w = (struct sbuf){ 0 };
+				inword = false;
+			}
+			if (!c)
+				break;
+			p++;
+		} else if (c == '\'') {
+			const char *close = strchr(p + 1, '\'');
+
+			if (!close)
+				goto unbalanced;
+			if ((ret = add_expanded(&w, p + 1, close - p - 1, vals, err, errlen)))
+				goto out;
+			inword = true;
+			p = close + 1;
+		} else if (c == '"') {
+			p++;
+			while (*p && *p != '"') {
+				const char *q = p;
+
+				if (*p == '\\' && p[1] && strchr("\"\\$`", p[1]))
+					q = ++p;
+				if ((ret = add_expanded(&w, q, 1, vals, err, errlen)))
+					goto out;
+				p++;
+			}
+			if (!*p)
+				goto unbalanced;
+			inword = true;
+			p++;
+		} else {
+			size_t len = 1;
+
+			if (c == '\\') {
+				if (!p[1])
+					goto unbalanced;
+				p++;
+			} else if (c == '{') {
+				/* a placeholder never breaks across quoting */
+				const char *close = strchr(p, '}');
+
+				if (close && close - p < 32)
+					len = close - p + 1;
+			}
+			if ((ret = add_expanded(&w, p, len, vals, err, errlen)))
+				goto out;
+			inword = true;
+			p += len;
+		}
+	}
+	if (!n) {
+		snprintf(err, errlen, "engine_cmd is empty");
+		ret = -EINVAL;
+		goto out;
+	}
+	*out = v;
+	v = NULL;
+	goto out;
+unbalanced:
+	snprintf(err, errlen, "unbalanced quote or trailing backslash in engine_cmd");
+	ret = -EINVAL;
+out:
+	free(w.s);
+	fs_strv_free(v);
+	if (ret == -ENOMEM)
+		snprintf(err, errlen, "out of memory");
+	return ret;
+}
+
+/*
+ * Split "scheme://user:password@host/..." into the URL without the password
+ * and the password (same rules as fs_mask_secret: the userinfo ends at the
+ * last '@' before the path).  Returns 1 when there was a password.
+ */
+static int split_url_password(const char *url, char **bare, char **password)
+{
+	const char *auth = strstr(url, "://"), *end, *at = NULL, *colon;
+
+	if (!auth)
+		return 0;
+	auth += 3;
+	end = strchr(auth, '/');
+	if (!end)
+		end = auth + strlen(auth);
+	for (const char *p = auth; p < end; p++)
+		if (*p == '@')
+			at = p;
+	colon = at ? memchr(auth, ':', at - auth) : NULL;
+	if (!colon)
+		return 0;
+	*password = strndup(colon + 1, at - colon - 1);
+	if (asprintf(bare, "%.*s%s", (int)(colon - url), url, at) < 0)
+		*bare = NULL;
+	return 1;
+}
+
+/* Append the words of an options string ("-o a,b" style or plain flags). */
+static int add_words(char ***v, size_t *n, const char *words, char *err,
+		     size_t errlen)
+{
+	char **w = NULL;
+	int ret;
+
+	if (!words || !*words)
+		return 0;
+	ret = fs_template_expand(words, "", "", "", &w, err, errlen);
+	if (ret)
+		return ret;
+	for (size_t i = 0; w[i]; i++)
+		if ((ret = strv_add_dup(v, n, w[i])))
+			break;
+	fs_strv_free(w);
+	return ret;
+}
+
+int fs_profile_argv(const struct fs_opts *o, const char *mnt, const char *id,
+		    char ***argv, char ***env_extra, char *err, size_t errlen)
+{
+	char **v = NULL, **env = NULL, *bare = NULL, *password = NULL;
+	size_t n = 0, ne = 0;
+	int ret = 0;
+
+	*argv = NULL;
+	*env_extra = NULL;
+	switch (o->profile) {
+	case FS_PROFILE_COMMAND:
+		return fs_template_expand(o->engine_cmd, o->source, mnt, id, argv,
+					  err, errlen);
+	case FS_PROFILE_BINDFS:
+		/* bindfs is single threaded unless told otherwise */
+		if ((ret = strv_add_dup(&v, &n, "bindfs")) ||
+		    (ret = strv_add_dup(&v, &n, "-f")) ||
+		    (ret = strv_add_dup(&v, &n, "--multithreaded")) ||
+		    (ret = add_words(&v, &n, o->engine_opts, err, errlen)) ||
+		    (ret = strv_add_dup(&v, &n, o->source)) ||
+		    (ret = strv_add_dup(&v, &n, mnt)))
+			goto out;
+		break;
+	case FS_PROFILE_SSHFS:
+		/*
+		 * No sshfs "reconnect": a dead transport must surface as a dead
+		 * engine, which we restart and recover from with every handle.
+		 */
+		if ((ret = strv_add_dup(&v, &n, "sshfs")) ||
+		    (ret = strv_add_dup(&v, &n, "-f")) ||
+		    (ret = strv_add_dup(&v, &n, o->source)) ||
+		    (ret = strv_add_dup(&v, &n, mnt)) ||
+		    (ret = strv_add_dup(&v, &n, "-o")) ||
+		    (ret = strv_add_dup(&v, &n,
+					"ServerAliveInterval=15,ServerAliveCountMax=3,BatchMode=yes")) ||
+		    (ret = add_words(&v, &n, o->engine_opts, err, errlen)))
+			goto out;
+		break;
+	case FS_PROFILE_JUICEFS:
+		/*
+		 * `juicefs mount META-URL MOUNTPOINT` stays in the foreground
+		 * without -d.  The meta password goes through META_PASSWORD so
+		 * it is not in anybody's argv.  xattrs on, since we pass them.
+		 */
+		if (split_url_password(o->source, &bare, &password)) {
+			char *kv;
+
+			if (!bare || !password || asprintf(&kv, "META_PASSWORD=%s", password) < 0) {
+				ret = -ENOMEM;
+				goto out;
+			}
+			if ((ret = strv_add(&env, &ne, kv)))
+				goto out;
+		}
+		if ((ret = strv_add_dup(&v, &n, "juicefs")) ||
+		    (ret = strv_add_dup(&v, &n, "mount")) ||
+		    (ret = strv_add_dup(&v, &n, "--no-usage-report")) ||
+		    (ret = strv_add_dup(&v, &n, "--enable-xattr")) ||
+		    (ret = add_words(&v, &n, o->engine_opts, err, errlen)) ||
+		    (ret = strv_add_dup(&v, &n, bare ? bare : o->source)) ||
+		    (ret = strv_add_dup(&v, &n, mnt)))
+			goto out;
+		break;
+	case FS_PROFILE_ALLUXIO:
+		/*
+		 * Alluxio 2.x: `alluxio-fuse mount -n [-o OPTS] MOUNTPOINT
+		 * ALLUXIO_PATH`; -n keeps it in the foreground (Fluid's image
+		 * entrypoint runs it the same way).  SOURCE is the Alluxio path.
+		 */
+		if ((ret = strv_add_dup(&v, &n, "alluxio-fuse")) ||
+		    (ret = strv_add_dup(&v, &n, "mount")) ||
+		    (ret = strv_add_dup(&v, &n, "-n")) ||
+		    (ret = add_words(&v, &n, o->engine_opts, err, errlen)) ||
+		    (ret = strv_add_dup(&v, &n, mnt)) ||
+		    (ret = strv_add_dup(&v, &n, o->source)))
+			goto out;
+		break;
+	}
+	*argv = v;
+	*env_extra = env;
+	v = env = NULL;
+out:
+	free(bare);
+	if (password) {
+		memset(password, 0, strlen(password));
+		free(password);
+	}
+	fs_strv_free(v);
+	fs_strv_free(env);
+	if (ret == -ENOMEM)
+		snprintf(err, errlen, "out of memory");
+	return ret;
+}
+
+int fs_envfile_read(const char *path, char ***out, char *err, size_t errlen)
+{
+	char *line = NULL, **v = NULL;
+	size_t cap = 0, n = 0;
+	unsigned lineno = 0;
+	ssize_t len;
+	FILE *f;
+	int ret = 0;
+
+	*out = NULL;
+	f = fopen(path, "re");
+	if (!f) {
+		ret = -errno;
+		snprintf(err, errlen, "%s: engine_env file %s", strerror(-ret), path);
+		return ret;
+	}
+	while ((len = getline(&line, &cap, f)) >= 0) {
+		char *s = line, *eq, *val, *kv;
+		size_t vl;
+
+		lineno++;
+		while (len && (s[len - 1] == '\n' || s[len - 1] == '\r'))
+			s[--len] = 0;
+		while (*s == ' ' || *s == '\t')
+			s++;
+		if (!*s || *s == '#')
+			continue;
+		if (!strncmp(s, "export ", 7))
+			s += 7;
+		eq = strchr(s, '=');
+		if (!eq || eq == s || strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_") !=
+		    (size_t)(eq - s)) {
+			snprintf(err, errlen, "engine_env %s line %u: want KEY=VALUE", path,
+				 lineno);
+			ret = -EINVAL;
+			goto out;
+		}
+		val = eq + 1;
+		vl = strlen(val);
+		if (vl >= 2 && (val[0] == '"' || val[0] == '\'') && val[vl - 1] == val[0]) {
+			val++;
+			vl -= 2;
+		}
+		if (asprintf(&kv, "%.*s=%.*s", (int)(eq - s), s, (int)vl, val) < 0 ||
+		    (ret = strv_add(&v, &n, kv))) {
+			ret = -ENOMEM;
+			snprintf(err, errlen, "out of memory");
+			goto out;
+		}
+	}
+	*out = v;
+	v = NULL;
+out:
+	if (line) {
+		memset(line, 0, cap);
+		free(line);
+	}
+	fclose(f);
+	fs_strv_free(v);
+	return ret;
+}
