@@ -27,6 +27,7 @@ struct fs_ctl {
 	int fd;
 	int stopfd;
 	char *path;
+	ino_t ino;              /* of our socket file: unlink only that one */
 	fs_ctl_fn fn;
 	void *arg;
 	pthread_t thread;
@@ -100,6 +101,7 @@ int fs_ctl_new(struct fs_ctl **out, const char *path, fs_ctl_fn fn, void *arg)
 	struct fs_ctl *c = calloc(1, sizeof(*c));
 	struct sockaddr_un sa;
 	char *probe = NULL;
+	struct stat st;
 	int ret;
 
 	if (!c)
@@ -124,10 +126,11 @@ int fs_ctl_new(struct fs_ctl **out, const char *path, fs_ctl_fn fn, void *arg)
 		goto out_free;
 	}
 	if (bind(c->fd, (struct sockaddr *)&sa, sizeof(sa)) || chmod(path, 0600) ||
-	    listen(c->fd, 16)) {
+	    listen(c->fd, 16) || stat(path, &st)) {
 		ret = -errno;
 		goto out_unlink;
 	}
+	c->ino = st.st_ino;
 	ret = -pthread_create(&c->thread, NULL, ctl_main, c);
 	if (ret)
 		goto out_unlink;
@@ -148,6 +151,7 @@ out_free:
 void fs_ctl_free(struct fs_ctl *c)
 {
 	uint64_t one = 1;
+	struct stat st;
 
 	if (!c)
 		return;
@@ -155,7 +159,9 @@ void fs_ctl_free(struct fs_ctl *c)
 	pthread_join(c->thread, NULL);
 	close(c->fd);
 	close(c->stopfd);
-	unlink(c->path);
+	/* a new proxy on the same mount point may own the path by now */
+	if (!stat(c->path, &st) && st.st_ino == c->ino)
+		unlink(c->path);
 	free(c->path);
 	free(c);
 }

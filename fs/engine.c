@@ -35,10 +35,12 @@
  * /sys/fs/fuse/connections/<minor>/abort, which fails every request stuck in
  * the dead connection, so no proxy thread stays blocked for good.
  *
- * One engine per process: the hang slots are indexed by a thread-local.
+ * One engine per process: the hang slots are indexed by a thread-local,
+ * and a thread gives its slot back when it exits.
  */
 #include "config.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -70,7 +72,8 @@ struct fs_engine {
 	/* immutable after fs_engine_new */
 	const struct fs_opts *o;
 	char *id;
-	char *backend;          /* backend mountpoint */
+	char *dir;              /* <state_dir>/<id> */
+	char *backend;          /* backend mountpoint: <dir>/backend.<our pid> */
 	char *log_path;         /* engine stdout/stderr */
 	fs_recover_fn recover;
 	void *recover_arg;
@@ -104,10 +107,24 @@ struct fs_engine {
 	bool threads;
 
 	atomic_int_fast64_t slots[MAX_SLOTS];   /* deadline in ms, 0 = idle */
-	atomic_int nslots;
 };
 
+/* Which hang slot this thread owns; slots are given back at thread exit
+ * (libfuse creates and retires worker threads all the time). */
 static __thread int my_slot = -1;
+static atomic_bool slot_used[MAX_SLOTS];
+static pthread_key_t slot_key;
+static pthread_once_t slot_once = PTHREAD_ONCE_INIT;
+
+static void slot_release(void *p)
+{
+	atomic_store(&slot_used[(intptr_t)p - 1], false);
+}
+
+static void slot_key_init(void)
+{
+	pthread_key_create(&slot_key, slot_release);
+}
 
 static double now_s(void)
 {
@@ -140,13 +157,19 @@ static void wake(struct fs_engine *e)
 static void slot_begin(struct fs_engine *e, double timeout)
 {
 	if (my_slot < 0) {
-		int n = atomic_fetch_add(&e->nslots, 1);
+		pthread_once(&slot_once, slot_key_init);
+		for (int i = 0; i < MAX_SLOTS; i++) {
+			bool free_slot = false;
 
-		if (n >= MAX_SLOTS) {
-			atomic_fetch_sub(&e->nslots, 1);
-			return;         /* untracked; the others still are */
+			if (atomic_compare_exchange_strong(&slot_used[i], &free_slot, true)) {
+				my_slot = i;
+				atomic_store(&e->slots[i], 0);
+				pthread_setspecific(slot_key, (void *)(intptr_t)(i + 1));
+				break;
+			}
 		}
-		my_slot = n;
+		if (my_slot < 0)
+			return;         /* untracked; the others still are */
 	}
 	atomic_store(&e->slots[my_slot],
 		     timeout > 0 ? now_ms() + (int64_t)(timeout * 1000) : INT64_MAX);
@@ -156,6 +179,16 @@ static void slot_end(struct fs_engine *e)
 {
 	if (my_slot >= 0)
 		atomic_store(&e->slots[my_slot], 0);
+}
+
+void fs_engine_watch_begin(struct fs_engine *e)
+{
+	slot_begin(e, e->o->hang_timeout);
+}
+
+void fs_engine_watch_end(struct fs_engine *e)
+{
+	slot_end(e);
 }
 
 static void set_error(struct fs_engine *e, const char *fmt, ...)
@@ -883,11 +916,11 @@ static void *watchdog_main(void *arg)
 
 	for (;;) {
 		int64_t now = now_ms(), worst = 0;
-		int n = atomic_load(&e->nslots), conn;
+		int conn;
 		pid_t pid;
 
 		usleep(250000);
-		for (int i = 0; i < n; i++) {
+		for (int i = 0; i < MAX_SLOTS; i++) {
 			int64_t d = atomic_load(&e->slots[i]);
 
 			if (d && d < now && now - d > worst)
@@ -939,11 +972,10 @@ int fs_engine_new(struct fs_engine **out, const struct fs_opts *o,
 	e->conn = -1;
 	e->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	e->id = strdup(id);
-	if (asprintf(&e->backend, "%s/backend", dir) < 0)
-		e->backend = NULL;
+	e->dir = strdup(dir);
 	if (asprintf(&e->log_path, "%s/engine.log", dir) < 0)
 		e->log_path = NULL;
-	if (e->evfd < 0 || !e->id || !e->backend || !e->log_path) {
+	if (e->evfd < 0 || !e->id || !e->dir || !e->log_path) {
 		fs_engine_free(e);
 		return -ENOMEM;
 	}
@@ -954,10 +986,45 @@ int fs_engine_new(struct fs_engine **out, const struct fs_opts *o,
 	return 0;
 }
 
+/*
+ * Backend mounts left by proxies that died (their pid is gone).  A proxy
+ * that is still shutting down keeps its own: each one owns
+ * backend.<pid>, so a new proxy on the same mount point never races an old
+ * one's unmount.
+ */
+static void clean_stale_backends(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *de;
+
+	if (!d)
+		return;
+	while ((de = readdir(d))) {
+		char path[PATH_MAX];
+		long pid;
+
+		if (sscanf(de->d_name, "backend.%ld", &pid) != 1 ||
+		    (pid > 0 && kill((pid_t)pid, 0) == 0) || errno != ESRCH)
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+		detach_all(path);
+		if (!rmdir(path))
+			fs_log(FS_LOG_INFO, "removed stale backend mount %s", path);
+	}
+	closedir(d);
+}
+
 int fs_engine_start_threads(struct fs_engine *e)
 {
-	int ret = pthread_create(&e->supervisor, NULL, supervisor_main, e);
+	int ret;
 
+	/* after daemonizing: the backend is named after the serving process */
+	if (asprintf(&e->backend, "%s/backend.%d", e->dir, (int)getpid()) < 0) {
+		e->backend = NULL;
+		return -ENOMEM;
+	}
+	clean_stale_backends(e->dir);
+	ret = pthread_create(&e->supervisor, NULL, supervisor_main, e);
 	if (ret)
 		return -ret;
 	ret = pthread_create(&e->watchdog, NULL, watchdog_main, e);
@@ -987,8 +1054,10 @@ void fs_engine_shutdown(struct fs_engine *e)
 	}
 	if (e->pid > 0)
 		fs_log(FS_LOG_INFO, "stopping engine pid %d", (int)e->pid);
-	teardown(e, true);
-	rmdir(e->backend);
+	if (e->backend) {
+		teardown(e, true);
+		rmdir(e->backend);
+	}
 }
 
 void fs_engine_free(struct fs_engine *e)
@@ -998,6 +1067,7 @@ void fs_engine_free(struct fs_engine *e)
 	if (e->evfd >= 0)
 		close(e->evfd);
 	free(e->id);
+	free(e->dir);
 	free(e->backend);
 	free(e->log_path);
 	pthread_mutex_destroy(&e->lock);

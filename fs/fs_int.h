@@ -78,6 +78,10 @@ void fs_engine_leave(struct fs_engine *e, struct fs_backend *b);
  */
 bool fs_engine_lost(struct fs_engine *e, struct fs_backend *b, int err);
 bool fs_engine_running(struct fs_engine *e);
+/* Watch the calling thread for hangs (a backend call outside enter/leave,
+ * such as closing a backend fd) until fs_engine_watch_end(). */
+void fs_engine_watch_begin(struct fs_engine *e);
+void fs_engine_watch_end(struct fs_engine *e);
 void fs_engine_count_handle(struct fs_engine *e, int delta);
 /* "key: value" lines for lazarusctl status (malloc'd). */
 char *fs_engine_status(struct fs_engine *e);

@@ -177,7 +177,7 @@ static int grow(struct fs_inode_table *t)
 			next = i->next_id;
 			i->next_id = t->by_id[ns];
 			t->by_id[ns] = i;
-			if (i->name)
+			if (i->name && i->ino != FS_ROOT_INO)
 				hash_name(t, i);
 		}
 	}
@@ -255,9 +255,12 @@ uint64_t fs_inode_lookup(struct fs_inode_table *t, uint64_t parent,
 	}
 	in = get_name(t, parent, name);
 	if (in && in->type != type) {
-		/* the backend file was replaced by another kind of file */
+		/* the backend file was replaced by another kind of file; pin the
+		 * parent, which the old child may have been keeping alive */
+		p->nchild++;
 		detach(t, in);
 		maybe_free(t, in);
+		p->nchild--;
 		in = NULL;
 	}
 	if (!in) {
@@ -397,7 +400,7 @@ int fs_inode_path(struct fs_inode_table *t, uint64_t ino, const char *name,
 	while (n--) {
 		size_t l = strlen(parts[n]);
 
-		if (pos + l + 2 > len) {
+		if (pos + l + 1 > len) {
 			ret = -ENAMETOOLONG;
 			goto out;
 		}

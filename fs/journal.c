@@ -150,8 +150,8 @@ int fs_journal_write(struct fs_journal *j, const void *buf, size_t len,
 			ssize_t n = pwrite(j->spill_fd, (const char *)buf + done,
 					   len - done, j->spill_end + done);
 
-			if (n < 0)
-				return -errno;
+			if (n <= 0)
+				return n < 0 ? -errno : -EIO;
 			done += n;
 		}
 		e->spill_off = j->spill_end;

@@ -347,7 +347,9 @@ int fs_recover_handles(void *arg, struct fs_backend *b)
 			continue;       /* directory handles live on snapshots */
 		pthread_rwlock_wrlock(&h->lock);
 		if (h->gen < b->gen && !h->broken) {
+			fs_engine_watch_begin(fs->engine);
 			ret = handle_reopen(fs, h, b);
+			fs_engine_watch_end(fs->engine);
 			if (ret == -EIO && h->broken)
 				ret = 0;        /* that one handle is lost, not the engine */
 			else if (!ret)
@@ -1060,6 +1062,15 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		sync_handle(fs, h, SYNC_FSYNC);
 	silly = fs_inode_is_silly(fs->inodes, h->ino) &&
 		!fs_inode_path(fs->inodes, h->ino, NULL, rel, sizeof(rel));
+	/* closing a backend fd talks to the engine: watch it for hangs */
+	pthread_rwlock_wrlock(&h->lock);
+	if (h->fd >= 0) {
+		fs_engine_watch_begin(fs->engine);
+		close(h->fd);
+		fs_engine_watch_end(fs->engine);
+		h->fd = -1;
+	}
+	pthread_rwlock_unlock(&h->lock);
 	fs_handle_remove(fs->handles, fi->fh);
 	fs_engine_count_handle(fs->engine, -1);
 	if (fs_inode_close(fs->inodes, h->ino) == 0 && silly)

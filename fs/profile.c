@@ -78,133 +78,148 @@ static int strv_add_dup(char ***v, size_t *n, const char *s)
 	return d ? strv_add(v, n, d) : -ENOMEM;
 }
 
-/* Append `s` to the word, replacing {source}, {mnt} and {id}. */
-static int add_expanded(struct sbuf *w, const char *s, size_t n,
-			const char *const vals[3], char *err, size_t errlen)
-{
-	static const char *const keys[3] = { "{source}", "{mnt}", "{id}" };
-	const char *end = s + n;
-	int ret;
+/* split_words() marks a backslash-escaped '{' so that it stays literal */
+#define ESCAPED_BRACE '\x01'
 
-	while (s < end) {
-		const char *brace = memchr(s, '{', end - s);
+/*
+ * Replace {source}, {mnt} and {id} in one word.  "{" + letters + "}" is a
+ * placeholder and must be one of those (a typo like {Mnt} is an error);
+ * other braces (awk programs, JSON, find's {}) stay as they are.
+ */
+static int expand_word(const char *w, const char *const vals[3], char **out,
+		       char *err, size_t errlen)
+{
+	static const char *const keys[3] = { "source", "mnt", "id" };
+	struct sbuf b = { 0 };
+	int ret = sbuf_add(&b, "", 0);
+
+	while (!ret && *w) {
+		size_t n = *w == '{' ? strspn(w + 1, "abcdefghijklmnopqrstuvwxyz"
+					      "ABCDEFGHIJKLMNOPQRSTUVWXYZ_") : 0;
 		size_t i;
 
-		if (!brace)
-			return sbuf_add(w, s, end - s);
-		if ((ret = sbuf_add(w, s, brace - s)))
-			return ret;
-		for (i = 0; i < 3; i++) {
-			size_t kl = strlen(keys[i]);
-
-			if ((size_t)(end - brace) >= kl && !memcmp(brace, keys[i], kl)) {
-				if ((ret = sbuf_add(w, vals[i], strlen(vals[i]))))
-					return ret;
-				s = brace + kl;
+		if (*w == ESCAPED_BRACE) {
+			ret = sbuf_add(&b, "{", 1);
+			w++;
+			continue;
+		}
+		if (!n || w[n + 1] != '}') {
+			ret = sbuf_add(&b, w++, 1);
+			continue;
+		}
+		for (i = 0; i < 3; i++)
+			if (strlen(keys[i]) == n && !memcmp(w + 1, keys[i], n))
 				break;
-			}
-		}
 		if (i == 3) {
-			const char *close = memchr(brace, '}', end - brace);
-
-			if (close && close - brace < 32 && close > brace + 1) {
-				snprintf(err, errlen,
-					 "unknown placeholder %.*s in engine_cmd (known: {source} {mnt} {id})",
-					 (int)(close - brace + 1), brace);
-				return -EINVAL;
-			}
-			if ((ret = sbuf_add(w, "{", 1)))
-				return ret;
-			s = brace + 1;
+			snprintf(err, errlen,
+				 "unknown placeholder %.*s in engine_cmd (known: {source} {mnt} {id})",
+				 (int)n + 2, w);
+			ret = -EINVAL;
+			break;
 		}
+		ret = sbuf_add(&b, vals[i], strlen(vals[i]));
+		w += n + 2;
 	}
+	if (ret) {
+		free(b.s);
+		return ret;
+	}
+	*out = b.s;
 	return 0;
+}
+
+/* Shell-like word splitting with quote removal; no expansion of any kind. */
+static int split_words(const char *s, char ***out, size_t *nout)
+{
+	struct sbuf w = { 0 };
+	bool inword = false;
+	int ret = 0;
+
+	for (;;) {
+		char c = *s;
+
+		if (!c || c == ' ' || c == '\t' || c == '\n') {
+			if (inword) {
+				if ((ret = strv_add(out, nout, w.s)))
+					return ret;
+				w = (struct sbuf){ 0 };
+				inword = false;
+			}
+			if (!c)
+				return 0;
+			s++;
+			continue;
+		}
+		inword = true;
+		if (!w.s && (ret = sbuf_add(&w, "", 0)))
+			break;
+		if (c == '\'') {
+			const char *close = strchr(s + 1, '\'');
+
+			if (!close)
+				goto unbalanced;
+			ret = sbuf_add(&w, s + 1, close - s - 1);
+			s = close + 1;
+		} else if (c == '"') {
+			for (s++; *s && *s != '"' && !ret; s++) {
+				if (*s == '\\' && s[1] && strchr("\"\\$`", s[1]))
+					s++;
+				ret = sbuf_add(&w, s, 1);
+			}
+			if (!*s)
+				goto unbalanced;
+			s++;
+		} else {
+			if (c == '\\' && !*++s)
+				goto unbalanced;
+			if (c == '\\' && *s == '{') {
+				char mark = ESCAPED_BRACE;
+
+				ret = sbuf_add(&w, &mark, 1);
+				s++;
+			} else {
+				ret = sbuf_add(&w, s++, 1);
+			}
+		}
+		if (ret)
+			break;
+	}
+	free(w.s);
+	return ret;
+unbalanced:
+	free(w.s);
+	return -EINVAL;
 }
 
 int fs_template_expand(const char *tmpl, const char *source, const char *mnt,
 		       const char *id, char ***out, char *err, size_t errlen)
 {
 	const char *vals[3] = { source, mnt, id };
-	struct sbuf w = { 0 };
-	char **v = NULL;
-	size_t n = 0;
-	bool inword = false;
-	int ret = 0;
+	char **words = NULL, **v = NULL;
+	size_t n = 0, nv = 0;
+	int ret = split_words(tmpl, &words, &n);
 
-	for (const char *p = tmpl;;) {
-		char c = *p;
-
-		if (!c || c == ' ' || c == '\t' || c == '\n') {
-			if (inword) {
-				if ((ret = strv_add(&v, &n, w.s ? w.s : strdup(""))))
-					goto out;
-				w = (struct sbuf){ 0 };
-				inword = false;
-			}
-			if (!c)
-				break;
-			p++;
-		} else if (c == '\'') {
-			const char *close = strchr(p + 1, '\'');
-
-			if (!close)
-				goto unbalanced;
-			if ((ret = add_expanded(&w, p + 1, close - p - 1, vals, err, errlen)))
-				goto out;
-			inword = true;
-			p = close + 1;
-		} else if (c == '"') {
-			p++;
-			while (*p && *p != '"') {
-				const char *q = p;
-
-				if (*p == '\\' && p[1] && strchr("\"\\$`", p[1]))
-					q = ++p;
-				if ((ret = add_expanded(&w, q, 1, vals, err, errlen)))
-					goto out;
-				p++;
-			}
-			if (!*p)
-				goto unbalanced;
-			inword = true;
-			p++;
-		} else {
-			size_t len = 1;
-
-			if (c == '\\') {
-				if (!p[1])
-					goto unbalanced;
-				p++;
-			} else if (c == '{') {
-				/* a placeholder never breaks across quoting */
-				const char *close = strchr(p, '}');
-
-				if (close && close - p < 32)
-					len = close - p + 1;
-			}
-			if ((ret = add_expanded(&w, p, len, vals, err, errlen)))
-				goto out;
-			inword = true;
-			p += len;
-		}
-	}
-	if (!n) {
+	if (ret == -EINVAL)
+		snprintf(err, errlen, "unbalanced quote or trailing backslash in engine_cmd");
+	if (!ret && !n) {
 		snprintf(err, errlen, "engine_cmd is empty");
 		ret = -EINVAL;
-		goto out;
+	}
+	for (size_t i = 0; !ret && i < n; i++) {
+		char *x;
+
+		if (!(ret = expand_word(words[i], vals, &x, err, errlen)))
+			ret = strv_add(&v, &nv, x);
+	}
+	fs_strv_free(words);
+	if (ret) {
+		fs_strv_free(v);
+		if (ret == -ENOMEM)
+			snprintf(err, errlen, "out of memory");
+		return ret;
 	}
 	*out = v;
-	v = NULL;
-	goto out;
-unbalanced:
-	snprintf(err, errlen, "unbalanced quote or trailing backslash in engine_cmd");
-	ret = -EINVAL;
-out:
-	free(w.s);
-	fs_strv_free(v);
-	if (ret == -ENOMEM)
-		snprintf(err, errlen, "out of memory");
-	return ret;
+	return 0;
 }
 
 /*
