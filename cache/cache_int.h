@@ -1,0 +1,207 @@
+/*
+ * Internals shared by the cache/ sources. Not part of the public interface.
+ *
+ * Invariants (all under cache.lock unless noted):
+ *  - Only live entries are in the key hash, their file's block list and
+ *    their tier's LRU list. A killed entry is "dead": it keeps its file on
+ *    disk and its quota charge until its last pin is dropped, then the file
+ *    is unlinked (outside the lock) and tier.used is decremented. So a pinned
+ *    block is never freed under its reader, and tier.used is exactly the sum
+ *    of block files on disk plus dead files not yet unlinked.
+ *  - tier.used + tier.reserved <= tier.quota at all times: a writer reserves
+ *    the block's bytes before writing, converts them to used on insert and
+ *    releases them on failure.
+ *  - cmeta.gen increases on every invalidation of a file (write, truncate,
+ *    changed attributes at open, evict). A fetch or prefetch records gen
+ *    when it starts and its block is stored only if gen is unchanged, so data
+ *    fetched before an invalidation is never inserted after it.
+ *  - Block file names are unique per write (key + seq), so replacing or
+ *    moving a block never overwrites a file that a reader has pinned.
+ */
+#ifndef LAZARUS_CACHE_INT_H
+#define LAZARUS_CACHE_INT_H
+
+#include <pthread.h>
+#include <stdbool.h>
+
+#include "cache/cache.h"
+
+struct list {
+	struct list *prev, *next;
+};
+
+static inline void list_init(struct list *l) { l->prev = l->next = l; }
+static inline bool list_empty(const struct list *l) { return l->next == l; }
+static inline void list_del(struct list *n)
+{
+	n->prev->next = n->next;
+	n->next->prev = n->prev;
+	list_init(n);
+}
+static inline void list_add_head(struct list *h, struct list *n)
+{
+	n->next = h->next;
+	n->prev = h;
+	h->next->prev = n;
+	h->next = n;
+}
+static inline void list_add_tail(struct list *h, struct list *n)
+{
+	list_add_head(h->prev, n);
+}
+#define container_of(p, T, m) ((T *)((char *)(p) - offsetof(T, m)))
+
+#define STAT_ADD(field, n) __atomic_add_fetch(&(field), (n), __ATOMIC_RELAXED)
+#define STAT_GET(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
+
+/* Refcounted block data. */
+struct blkbuf {
+	unsigned refs;         /* atomic */
+	uint32_t len;          /* valid bytes; < block size only at EOF */
+	char data[];
+};
+
+/* One file known to the cache (open, or with blocks cached). */
+struct cmeta {
+	char *key;
+	uint32_t keylen;
+	uint64_t hash;
+	struct cmeta *hnext;
+	unsigned refs;         /* handles + entries + flights + prefetch files */
+	unsigned nblocks;      /* live entries */
+	struct list blocks;    /* live entries (centry.mlink) */
+	uint64_t gen;          /* read lock-free by the slot fast path (atomic) */
+	int attrs_known;
+	uint64_t rec_size;     /* backend size/mtime recorded for close-to-open */
+	int64_t rec_mtime_ns;
+	uint64_t rec_seq;      /* seq of the block that set rec_* at rebuild */
+	uint64_t size;         /* current size as known through this proxy */
+	char *backend_path;    /* for the prefetcher */
+	uint64_t pf_backoff_ns;  /* no prefetch before this (monotonic) after an engine error */
+};
+
+struct centry {
+	uint64_t key, seq, index;
+	struct cmeta *meta;    /* holds a meta ref until freed */
+	uint64_t bytes;        /* on-disk size, charged to the tier */
+	uint64_t file_size;    /* footer attributes, kept when moving */
+	int64_t file_mtime_ns;
+	uint32_t len, dir;
+	uint8_t tier;
+	bool dead, moving, prefetched;
+	unsigned pins;
+	struct centry *hnext;
+	struct list lru;       /* tier LRU (live) or reap list (dead) */
+	struct list mlink;     /* meta->blocks */
+};
+
+/* FL_QUEUED: waiting for the prefetcher (still on pf_queue unless pf_taken,
+ * e.g. while the prefetcher opens the file); a demand reader may claim it
+ * and fetch the block itself. FL_RUNNING: being fetched; readers wait. */
+enum flight_state { FL_QUEUED, FL_RUNNING, FL_DONE };
+
+/* A fetch from the engine in progress; concurrent readers of the block wait
+ * on it instead of fetching again. */
+struct flight {
+	struct cmeta *meta;
+	uint64_t index, gen;
+	enum flight_state state;
+	bool prefetch;         /* started by the prefetcher */
+	bool pf_taken;         /* popped by the prefetch thread (which holds a ref) */
+	bool used;             /* a reader consumed the prefetched data */
+	int res;               /* 0 or -errno once FL_DONE */
+	struct blkbuf *buf;    /* data once FL_DONE and res == 0 */
+	unsigned refs;
+	struct list link;      /* cache.flights */
+	struct list qlink;     /* cache.pf_queue while FL_QUEUED */
+};
+
+struct ctier {
+	struct tier *store;
+	enum tier_medium medium;
+	bool verify;
+	bool draining;         /* above high, not yet back to low */
+	uint64_t quota, high, low;
+	uint64_t used, reserved;
+	uint64_t freeing;      /* part of used on reap lists: unlinked soon */
+	struct list lru;       /* head = most recently used */
+	struct cache_tier_stats st;  /* used/reserved/quota/blocks filled on read */
+};
+
+struct promo {
+	struct centry *e;      /* pinned */
+	struct blkbuf *buf;
+};
+
+#define PROMO_MAX 32
+
+struct pf_state;
+
+struct cache {
+	struct cache_config cfg;
+	char *state_dir;
+	char *labels;
+	uint32_t bs;
+	size_t ntiers;
+
+	/* Lock order: cache_file.slot_lock -> lock. */
+	pthread_mutex_t lock;
+	pthread_cond_t flight_cv;   /* flight completions */
+	pthread_cond_t mover_cv;    /* work for the mover */
+	pthread_cond_t idle_cv;     /* mover/prefetcher went idle */
+	struct ctier tiers[CACHE_MAX_TIERS];   /* protected by lock */
+	struct centry **ehash;      /* protected by lock */
+	size_t ehash_size, nentries;
+	struct cmeta **mhash;       /* protected by lock */
+	size_t mhash_size, nmetas;
+	struct list flights;        /* protected by lock */
+	uint64_t seq;               /* protected by lock */
+	struct promo promos[PROMO_MAX];  /* ring buffer, protected by lock */
+	unsigned promo_head, promo_n;
+	bool running;               /* protected by lock */
+	bool mover_busy;            /* protected by lock */
+	pthread_t mover;
+
+	/* prefetch (prefetch.c); queue and counters protected by lock */
+	struct list pf_queue;
+	unsigned pf_queued, pf_inflight;
+	struct pf_state *pf;
+
+	struct cache_stats st;      /* counters, updated with STAT_ADD */
+};
+
+struct cache_file {
+	struct cache *c;
+	struct cmeta *meta;
+	pthread_mutex_t slot_lock;  /* guards slots and sequential detection */
+	struct {
+		uint64_t index, gen;
+		struct blkbuf *buf;
+	} slot[2];
+	unsigned slot_next;
+	uint64_t last_block;
+	unsigned seq_run;
+	uint64_t pf_until;          /* last block already queued for prefetch */
+};
+
+/* cache.c */
+void clog_(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+struct blkbuf *blkbuf_new(uint32_t cap);
+void blkbuf_put(struct blkbuf *b);
+struct blkbuf *blkbuf_get(struct blkbuf *b);
+void meta_put_locked(struct cache *c, struct cmeta *m);
+struct centry *entry_lookup_locked(struct cache *c, struct cmeta *m, uint64_t index);
+struct flight *flight_find_locked(struct cache *c, struct cmeta *m, uint64_t index);
+void flight_put(struct cache *c, struct flight *f);
+void flight_put_locked(struct cache *c, struct flight *f);
+void flight_complete(struct cache *c, struct flight *f, int res, struct blkbuf *buf);
+int block_store(struct cache *c, struct cmeta *m, uint64_t index, uint64_t gen,
+		const void *data, uint32_t len, struct flight *pf);
+uint64_t now_ns(void);
+
+/* prefetch.c */
+int pf_start(struct cache *c, char *err, size_t errlen);
+void pf_stop(struct cache *c);
+void pf_kick(struct cache *c);
+
+#endif
