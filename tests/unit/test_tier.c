@@ -1,0 +1,269 @@
+/* Unit tests for tiers/: block format, verification, scan, directory errors. */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "tiers/tier.h"
+
+static char tmpdir[64];
+
+static int setup(void **state)
+{
+	snprintf(tmpdir, sizeof(tmpdir), "/tmp/test_tier.XXXXXX");
+	assert_non_null(mkdtemp(tmpdir));
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	char cmd[128];
+
+	umount2(tmpdir, MNT_DETACH);   /* in case a test mounted over it */
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);
+	return system(cmd) == 0 ? 0 : -1;
+}
+
+static struct tier_block mk(const char *fkey, uint64_t index, uint32_t len, uint64_t seq)
+{
+	return (struct tier_block){
+		.key = tier_block_key(fkey, strlen(fkey), index), .seq = seq, .index = index,
+		.len = len, .block_size = 65536, .file_size = 1000000, .file_mtime_ns = 42,
+		.file_key = fkey, .file_key_len = (uint32_t)strlen(fkey),
+	};
+}
+
+static void block_path(char *buf, size_t len, const char *dir, const struct tier_block *b, const char *sfx)
+{
+	snprintf(buf, len, "%s/%02x/%016llx-%016llx%s", dir, (unsigned)(b->key >> 56),
+		 (unsigned long long)b->key, (unsigned long long)b->seq, sfx);
+}
+
+static void test_key(void **state)
+{
+	uint64_t a = tier_block_key("a/b", 3, 0), b = tier_block_key("a/b", 3, 1);
+
+	assert_int_not_equal(a, b);
+	assert_int_equal(a, tier_block_key("a/b", 3, 0));
+	assert_int_not_equal(a, tier_block_key("a/c", 3, 0));
+}
+
+static void test_roundtrip_and_corruption(void **state)
+{
+	const char *dirs[] = { tmpdir };
+	char err[256], path[256], *data = malloc(65536), *back = malloc(65536);
+	struct tier *t;
+	struct tier_block b = mk("dir/file", 3, 65536, 7);
+	struct stat st;
+	int fd;
+
+	for (int i = 0; i < 65536; i++)
+		data[i] = (char)(i * 7);
+	assert_int_equal(tier_open(&t, TIER_SSD, dirs, 1, err, sizeof(err)), 0);
+	assert_int_equal(tier_write(t, &b, data), 0);
+	block_path(path, sizeof(path), tmpdir, &b, "");
+	assert_int_equal(stat(path, &st), 0);
+	assert_int_equal(st.st_size, tier_block_bytes(65536, 8));
+	assert_int_equal(tier_read(t, &b, back, 1), 65536);
+	assert_memory_equal(data, back, 65536);
+
+	/* flip one data byte: verification catches it, unverified read does not */
+	fd = open(path, O_WRONLY);
+	assert_true(fd >= 0);
+	char bad = (char)(data[1000] ^ 0x5a);
+	assert_int_equal(pwrite(fd, &bad, 1, 1000), 1);
+	close(fd);
+	assert_int_equal(tier_read(t, &b, back, 1), -EBADMSG);
+	assert_int_equal(tier_read(t, &b, back, 0), 65536);
+
+	/* identity mismatch (other file key) is refused even without verify */
+	struct tier_block other = b;
+	other.file_key = "dir/fild";
+	assert_int_equal(tier_read(t, &other, back, 0), -EBADMSG);
+
+	assert_int_equal(tier_remove(t, &b), 0);
+	assert_int_equal(tier_read(t, &b, back, 1), -ENOENT);
+	tier_close(t);
+	free(data);
+	free(back);
+}
+
+struct seen {
+	int n;
+	uint64_t keys[16];
+};
+
+static int scan_cb(void *arg, const struct tier_block *b)
+{
+	struct seen *s = arg;
+
+	assert_true(s->n < 16);
+	assert_int_equal(b->file_key_len, strlen(b->file_key));
+	assert_int_equal(b->key, tier_block_key(b->file_key, b->file_key_len, b->index));
+	assert_int_equal(b->file_mtime_ns, 42);
+	s->keys[s->n++] = b->key;
+	return 0;
+}
+
+static void test_scan_discards_torn(void **state)
+{
+	const char *dirs[] = { tmpdir };
+	char err[256], path[256], tmp[256], foreign[256];
+	char *data = calloc(1, 65536);
+	struct tier *t;
+	struct tier_block b[4];
+	struct seen s = { 0 };
+	unsigned disc = 0;
+	int fd;
+
+	assert_int_equal(tier_open(&t, TIER_HDD, dirs, 1, err, sizeof(err)), 0);
+	for (int i = 0; i < 4; i++) {
+		b[i] = mk("f", (uint64_t)i, i == 3 ? 100 : 65536, 100 + (uint64_t)i);
+		assert_int_equal(tier_write(t, &b[i], data), 0);
+	}
+	/* torn: truncated in the middle of the data */
+	block_path(path, sizeof(path), tmpdir, &b[1], "");
+	assert_int_equal(truncate(path, 30000), 0);
+	/* torn: right length, footer zeroed (data written, footer lost) */
+	block_path(path, sizeof(path), tmpdir, &b[2], "");
+	fd = open(path, O_WRONLY);
+	assert_int_equal(pwrite(fd, data, 80, (off_t)tier_block_bytes(65536, 1) - 80), 80);
+	close(fd);
+	/* interrupted write left a temp file */
+	block_path(tmp, sizeof(tmp), tmpdir, &(struct tier_block){ .key = b[0].key, .seq = 999 }, ".tmp");
+	fd = open(tmp, O_WRONLY | O_CREAT, 0600);
+	assert_true(fd >= 0);
+	close(fd);
+	/* a file that is not ours stays */
+	snprintf(foreign, sizeof(foreign), "%s/00/README", tmpdir);
+	fd = open(foreign, O_WRONLY | O_CREAT, 0600);
+	close(fd);
+
+	assert_int_equal(tier_scan(t, scan_cb, &s, &disc), 0);
+	assert_int_equal(s.n, 2);
+	assert_int_equal(disc, 3);
+	assert_true((s.keys[0] == b[0].key && s.keys[1] == b[3].key) ||
+		    (s.keys[1] == b[0].key && s.keys[0] == b[3].key));
+	block_path(path, sizeof(path), tmpdir, &b[1], "");
+	assert_int_equal(access(path, F_OK), -1);
+	assert_int_equal(access(tmp, F_OK), -1);
+	assert_int_equal(access(foreign, F_OK), 0);
+	tier_close(t);
+	free(data);
+}
+
+static void test_open_errors(void **state)
+{
+	char err[256] = "", missing[128], file[128];
+	const char *d1[] = { missing }, *d2[] = { file }, *d3[] = { tmpdir };
+	struct tier *t, *t2;
+	int fd;
+
+	snprintf(missing, sizeof(missing), "%s/nope", tmpdir);
+	assert_int_equal(tier_open(&t, TIER_SSD, d1, 1, err, sizeof(err)), -ENOENT);
+	assert_non_null(strstr(err, "cache directory missing"));
+	assert_null(t);
+
+	snprintf(file, sizeof(file), "%s/plain", tmpdir);
+	fd = open(file, O_WRONLY | O_CREAT, 0600);
+	close(fd);
+	assert_int_equal(tier_open(&t, TIER_SSD, d2, 1, err, sizeof(err)), -ENOTDIR);
+
+	/* one directory, one cache */
+	assert_int_equal(tier_open(&t, TIER_SSD, d3, 1, err, sizeof(err)), 0);
+	assert_int_not_equal(tier_open(&t2, TIER_HDD, d3, 1, err, sizeof(err)), 0);
+	assert_non_null(strstr(err, "in use"));
+	tier_close(t);
+	assert_int_equal(tier_open(&t2, TIER_HDD, d3, 1, err, sizeof(err)), 0);
+	tier_close(t2);
+
+	assert_int_equal(tier_medium_parse("ssd", &(enum tier_medium){ 0 }), 0);
+	assert_int_equal(tier_medium_parse("tape", &(enum tier_medium){ 0 }), -EINVAL);
+}
+
+/* A read-only mount is "unwritable" even for root. */
+static void test_open_readonly(void **state)
+{
+	char err[256] = "", ro[128];
+	const char *d[] = { ro };
+	struct tier *t;
+
+	snprintf(ro, sizeof(ro), "%s/ro", tmpdir);
+	mkdir(ro, 0700);
+	if (geteuid() != 0 || mount("tmpfs", ro, "tmpfs", MS_RDONLY, "size=64k") < 0) {
+		print_message("skipped: read-only tmpfs needs root (mount failed: %s)\n", strerror(errno));
+		skip();
+	}
+	assert_int_equal(tier_open(&t, TIER_SSD, d, 1, err, sizeof(err)), -EROFS);
+	assert_non_null(strstr(err, "not writable"));
+	umount2(ro, MNT_DETACH);
+}
+
+/* Full disk: the directory is marked failed, the tier reports unusable, and
+ * a second directory takes over. */
+static void test_full_dir(void **state)
+{
+	char err[256], small[128], big[128];
+	const char *d[] = { small, big };
+	char *data = calloc(1, 65536);
+	struct tier *t;
+	int ret = 0, n;
+
+	snprintf(small, sizeof(small), "%s/small", tmpdir);
+	snprintf(big, sizeof(big), "%s/big", tmpdir);
+	mkdir(small, 0700);
+	mkdir(big, 0700);
+	if (geteuid() != 0 || mount("tmpfs", small, "tmpfs", 0, "size=256k") < 0) {
+		print_message("skipped: tiny tmpfs needs root (mount failed: %s)\n", strerror(errno));
+		free(data);
+		skip();
+	}
+	assert_int_equal(tier_open(&t, TIER_SSD, d, 2, err, sizeof(err)), 0);
+	/* only the small dir first: write until it is full */
+	for (n = 0; n < 20 && ret == 0; n++) {
+		struct tier_block b = mk("full", (uint64_t)n, 65536, (uint64_t)n + 1);
+
+		b.key &= ~1ULL;   /* key % 2 == 0: prefer dirs[0] */
+		ret = tier_write(t, &b, data);
+		if (ret == 0 && b.dir != 0)
+			break;
+	}
+	assert_int_equal(ret, -ENOSPC);
+	assert_true(tier_usable(t));      /* the big dir still works */
+	{
+		struct tier_block b = mk("full", 100, 65536, 1000);
+
+		b.key &= ~1ULL;
+		assert_int_equal(tier_write(t, &b, data), 0);
+		assert_int_equal(b.dir, 1);   /* skipped the failed dir */
+	}
+	tier_close(t);
+	umount2(small, MNT_DETACH);
+	free(data);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_key),
+		cmocka_unit_test_setup_teardown(test_roundtrip_and_corruption, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_scan_discards_torn, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_open_readonly, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_full_dir, setup, teardown),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
