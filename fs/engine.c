@@ -250,8 +250,7 @@ static void declare_lost(struct fs_engine *e, uint64_t gen, const char *why)
 
 int fs_engine_enter(struct fs_engine *e, struct fs_backend **out)
 {
-	struct timespec deadline = { 0 };
-	bool waited_recovery = false, waited = false;
+	bool waited = false;
 	int ret = 0;
 
 	pthread_mutex_lock(&e->lock);
@@ -278,22 +277,24 @@ int fs_engine_enter(struct fs_engine *e, struct fs_backend **out)
 		}
 		waited = true;
 		if (e->state == FS_ENGINE_RECOVERING && e->o->recovery_timeout > 0) {
-			if (!waited_recovery) {
-				clock_gettime(CLOCK_REALTIME, &deadline);
-				deadline.tv_sec += (time_t)e->o->recovery_timeout;
-				deadline.tv_nsec += (long)((e->o->recovery_timeout -
-					(time_t)e->o->recovery_timeout) * 1e9);
-				if (deadline.tv_nsec >= 1000000000L) {
-					deadline.tv_sec++;
-					deadline.tv_nsec -= 1000000000L;
-				}
-				waited_recovery = true;
-			}
-			if (pthread_cond_timedwait(&e->cond, &e->lock, &deadline) ==
-			    ETIMEDOUT && e->state == FS_ENGINE_RECOVERING) {
+			/* the bound runs from the loss, not from each request, so an
+			 * application whose syscall needs several requests gets EIO
+			 * once, at recovery_timeout */
+			double left = e->lost_at + e->o->recovery_timeout - now_s();
+			struct timespec deadline;
+
+			if (left <= 0) {
 				ret = -EIO;
 				break;
 			}
+			clock_gettime(CLOCK_REALTIME, &deadline);
+			deadline.tv_sec += (time_t)left;
+			deadline.tv_nsec += (long)((left - (time_t)left) * 1e9);
+			if (deadline.tv_nsec >= 1000000000L) {
+				deadline.tv_sec++;
+				deadline.tv_nsec -= 1000000000L;
+			}
+			pthread_cond_timedwait(&e->cond, &e->lock, &deadline);
 		} else {
 			pthread_cond_wait(&e->cond, &e->lock);
 		}

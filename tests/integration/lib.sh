@@ -1,0 +1,132 @@
+# lib.sh: shared helpers for lazarusfs integration tests.  Source it from bash:
+#
+#   . "$(dirname "$0")/lib.sh"        # sets T (temp dir), BUILD_DIR, cleanup trap
+#   lz_mount SRC MNT "engine=bindfs"  # mounts with state_dir=$T/state
+#   lz_status MNT state               # one field of `lazarusctl status`
+#   lz_kill_engine MNT                # kill -9 the engine's process group
+#
+# Exit codes: 0 pass, 77 skip (no FUSE), anything else fail.  Everything a
+# test mounts or starts through these helpers is undone by the EXIT trap.
+set -u
+
+SRC_DIR=${SRC_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+BUILD_DIR=${BUILD_DIR:-$SRC_DIR}
+LAZARUSFS=$BUILD_DIR/lazarusfs
+LAZARUSCTL=$BUILD_DIR/lazarusctl
+PY=/usr/bin/python3
+
+[ -c /dev/fuse ] || { echo "SKIP: /dev/fuse is absent"; exit 77; }
+[ -x "$LAZARUSFS" ] || { echo "FAIL: $LAZARUSFS not built"; exit 1; }
+
+T=$(mktemp -d /tmp/lztest.XXXXXX)
+LZ_MOUNTS=()
+LZ_CLEANUP=()
+
+lz_cleanup() {
+	local m
+	for ((i = ${#LZ_CLEANUP[@]} - 1; i >= 0; i--)); do
+		eval "${LZ_CLEANUP[$i]}" >/dev/null 2>&1 || true
+	done
+	for m in "${LZ_MOUNTS[@]}"; do
+		# thaw a stopped engine first so its unmount can finish
+		pkill -CONT -f -- "$T/state" 2>/dev/null
+		fusermount3 -uz "$m" 2>/dev/null || umount -l "$m" 2>/dev/null
+	done
+	# the proxies stop their engines on unmount; wait, then make sure
+	for _ in $(seq 50); do
+		pgrep -f -- "$T/" >/dev/null || break
+		sleep 0.1
+	done
+	pkill -9 -f -- "$T/" 2>/dev/null
+	grep -o " $T[^ ]*" /proc/mounts | sort -r | while read -r m; do
+		umount -l "$m" 2>/dev/null
+	done
+	rm -rf "$T"
+}
+trap lz_cleanup EXIT
+
+fail() {
+	echo "FAIL: $*"
+	if [ -n "${LZ_STATE:-}" ]; then
+		echo "--- lazarusfs.log (tail)"
+		tail -n 30 "$LZ_STATE"/*/lazarusfs.log 2>/dev/null
+		echo "--- engine.log (tail)"
+		tail -n 10 "$LZ_STATE"/*/engine.log 2>/dev/null
+	fi
+	exit 1
+}
+
+# lz_mount SRC MNT [OPTS]: mount a proxy (daemonized) with a private state dir
+lz_mount() {
+	local src=$1 mnt=$2 opts=${3:-}
+	LZ_STATE=$T/state
+	mkdir -p "$mnt" "$LZ_STATE"
+	"$LAZARUSFS" -o "state_dir=$LZ_STATE${opts:+,$opts}" "$src" "$mnt" ||
+		fail "lazarusfs did not mount $mnt"
+	LZ_MOUNTS+=("$mnt")
+}
+
+lz_ctl() {
+	"$LAZARUSCTL" --state-dir "$LZ_STATE" "$@"
+}
+
+# lz_status MNT FIELD: print one field of the status
+lz_status() {
+	lz_ctl status "$1" | sed -n "s/^$2: //p"
+}
+
+# wait_for SECONDS CMD...: poll until CMD succeeds
+wait_for() {
+	local t=$1
+	shift
+	for _ in $(seq $((t * 20))); do
+		"$@" && return 0
+		sleep 0.05
+	done
+	return 1
+}
+
+# no_procs PATTERN: true when no process matches (the [x] trick keeps
+# pgrep from matching the shell that runs it)
+no_procs() {
+	! pgrep -f -- "$(echo "$1" | sed 's|/\([^/]\)\([^/]*\)$|/[\1]\2|')" >/dev/null
+}
+
+lz_engine_running() {
+	[ "$(lz_status "$1" state)" = running ]
+}
+
+# lz_kill_engine MNT [SIGNAL]: signal the engine and all of its process
+# group (sshfs and its ssh transport)
+lz_kill_engine() {
+	local pid
+	pid=$(lz_status "$1" pid)
+	[ -n "$pid" ] && [ "$pid" != 0 ] || fail "no engine pid to kill"
+	kill -"${2:-9}" -- "-$pid" 2>/dev/null || kill -"${2:-9}" "$pid"
+}
+
+# start_sshd: a throwaway sshd on 127.0.0.1; sets SSHFS_O for sshfs -o
+start_sshd() {
+	. "$SRC_DIR/tests/integration/sshd.sh"
+	sshd_start "$T/sshd" || fail "sshd did not start"
+	LZ_CLEANUP+=("sshd_stop")
+	SSHFS_O=$(sshfs_o_list)
+}
+
+# engine_opts KIND SRC: lazarusfs -o options for an engine over SRC
+# (KIND: bindfs, sshfs, bufengine)
+engine_opts() {
+	case $1 in
+	bindfs) echo "engine=bindfs" ;;
+	sshfs) echo "engine=sshfs,engine_opts=-o ${SSHFS_O//,/\\,}" ;;
+	bufengine) echo "engine_cmd=$BUILD_DIR/tests/bufengine -f {source} {mnt}" ;;
+	esac
+}
+
+# engine_source KIND DIR: the SOURCE argument for that engine
+engine_source() {
+	case $1 in
+	sshfs) echo "root@127.0.0.1:$2" ;;
+	*) echo "$2" ;;
+	esac
+}
