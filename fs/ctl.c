@@ -100,7 +100,6 @@ int fs_ctl_new(struct fs_ctl **out, const char *path, fs_ctl_fn fn, void *arg)
 {
 	struct fs_ctl *c = calloc(1, sizeof(*c));
 	struct sockaddr_un sa;
-	char *probe = NULL;
 	struct stat st;
 	int ret;
 
@@ -111,12 +110,8 @@ int fs_ctl_new(struct fs_ctl **out, const char *path, fs_ctl_fn fn, void *arg)
 	c->arg = arg;
 	if ((ret = make_addr(path, &sa)))
 		goto out_free;
-	/* a live proxy already answering here means a double mount */
-	if (fs_ctl_request(path, "status", &probe, 500) == 0) {
-		free(probe);
-		ret = -EADDRINUSE;
-		goto out_free;
-	}
+	/* a proxy of this mount point that is still shutting down may own the
+	 * path: take it over; it unlinks only its own socket file */
 	unlink(path);
 	c->path = strdup(path);
 	c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);

@@ -29,6 +29,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "cache/cache.h"
+
 /* ------------------------------------------------------------------ log */
 
 enum fs_log_level { FS_LOG_ERR, FS_LOG_WARN, FS_LOG_INFO, FS_LOG_DEBUG };
@@ -76,6 +78,8 @@ struct fs_opts {
 	double negative_timeout;
 	size_t journal_mem;     /* bytes of journal kept in memory per handle */
 	size_t journal_max;     /* bytes per handle before a checkpoint fsync */
+	struct cache_config cache; /* tiered block cache (cache/cache.h); no
+				    * tier configured = no cache */
 	bool foreground;
 	bool debug;
 };
@@ -83,6 +87,10 @@ struct fs_opts {
 /*
  * Parse lazarusfs's own options out of `argv` (the rest is left for libfuse
  * in fuse_argc and fuse_argv, which the caller frees with fs_strv_free()).
+ * -o keys that are not lazarusfs's own go to cache_config_set() first
+ * (tierN=..., block_size=, prefetch=, config=FILE, ...); only keys it does
+ * not know either reach libfuse.  A config=FILE may also hold lazarusfs's
+ * own options (engine=, hang_timeout=, ...).
  * On error writes a one-line message to err and returns -EINVAL.
  * Returns 1 when -h/--help or -V/--version was handled (nothing to mount).
  */
@@ -189,6 +197,20 @@ void fs_inode_exchange(struct fs_inode_table *t, uint64_t parent,
  * but has no path any more. */
 void fs_inode_unlink(struct fs_inode_table *t, uint64_t parent,
 		     const char *name);
+/*
+ * Silly renames without races against release: fs_inode_make_silly() moves
+ * (parent, name) to (newparent, newname), marks it silly and returns its
+ * open count, all under one lock; 0 means the last release slipped in and
+ * the caller must remove the file itself.  fs_inode_close_silly() drops an
+ * open count and returns 1 with the silly path in buf when that was the
+ * last open of a silly file (which the caller then removes), else 0, or
+ * -ESTALE.
+ */
+int fs_inode_make_silly(struct fs_inode_table *t, uint64_t parent,
+			const char *name, uint64_t newparent,
+			const char *newname);
+int fs_inode_close_silly(struct fs_inode_table *t, uint64_t ino, char *buf,
+			 size_t len);
 /* Forget the name of `ino` (its backend file is gone). */
 void fs_inode_drop_name(struct fs_inode_table *t, uint64_t ino);
 /* Mark/query the silly-renamed state (unlinked while open, see ops.c). */

@@ -3,8 +3,12 @@
  * the mount object shared by ops.c, engine.c, handle.c and ctl.c.
  *
  * Lock order (outer to inner):
- *   fs_handle.lock  ->  fs_engine.lock  ->  fs_handle.jlock,
- *   fs_handle_table.lock, fs_inode_table.lock, log lock (leaves)
+ *   fs_handle.cflock  ->  fs_handle.lock  ->  fs_engine.lock  ->
+ *   fs_handle.jlock, fs_handle_table.lock, fs_inode_table.lock, log lock
+ *   (leaves; cache/ takes its own internal locks under any of these, see
+ *   cache/cache.h)
+ * cflock is outermost because a cache read that misses fetches from the
+ * engine through handle_enter() while it holds cflock for reading.
  * No thread does backend I/O or waits for an engine restart while holding
  * fs_engine.lock or a table lock; waiting in fs_engine_enter() happens on a
  * condition variable with no other lock held.
@@ -78,6 +82,8 @@ void fs_engine_leave(struct fs_engine *e, struct fs_backend *b);
  */
 bool fs_engine_lost(struct fs_engine *e, struct fs_backend *b, int err);
 bool fs_engine_running(struct fs_engine *e);
+/* Raise the readahead of the FUSE mount at path to 1 MiB (best effort). */
+void fs_tune_readahead(const char *path);
 /* Watch the calling thread for hangs (a backend call outside enter/leave,
  * such as closing a backend fd) until fs_engine_watch_end(). */
 void fs_engine_watch_begin(struct fs_engine *e);
@@ -108,6 +114,16 @@ struct fs_handle {
 	pthread_mutex_t jlock;
 	struct fs_journal *journal;     /* protected by jlock */
 	unsigned refs;          /* protected by fs_handle_table.lock */
+	/*
+	 * Block cache (ops.c): users of cf hold cflock for reading; release,
+	 * and a rename or unlink that changes the file's path (its cache key),
+	 * detach cf holding it for writing.  cflock is initialised by
+	 * open_common() for regular files only (fs_handle_alloc zeroes it).
+	 */
+	pthread_rwlock_t cflock;
+	struct cache_file *cf;  /* protected by cflock: NULL = no cache */
+	char *ckey;             /* protected by cflock: cf's key (path) */
+	atomic_bool wrote;      /* written through: record attrs at release */
 };
 
 /*
@@ -140,7 +156,7 @@ size_t fs_handle_count(struct fs_handle_table *t);
 typedef int (*fs_ctl_fn)(void *arg, const char *cmd, char **reply);
 struct fs_ctl;
 
-/* Listen on `path` (mode 0600); -EADDRINUSE if a live proxy answers there. */
+/* Listen on `path` (mode 0600), replacing any socket file there. */
 int fs_ctl_new(struct fs_ctl **out, const char *path, fs_ctl_fn fn, void *arg);
 void fs_ctl_free(struct fs_ctl *c);
 
@@ -161,9 +177,24 @@ struct fs {
 	struct statvfs root_statvfs;    /* protected by root_lock */
 	bool have_statvfs;              /* protected by root_lock */
 	atomic_uint_fast64_t silly_seq;
+	atomic_bool readahead_tuned;
+	struct cache *cache;    /* NULL = no cache configured; immutable while
+				 * requests run */
+	/* Prometheus textfile writer (mount.c) */
+	pthread_t prom_thread;
+	bool prom_started;
+	pthread_mutex_t prom_lock;
+	pthread_cond_t prom_cv;
+	bool prom_stop;         /* protected by prom_lock */
+	char *prom_path;        /* <state_dir>/lazarusfs_cache_<id>.prom */
 };
 
 const struct fuse_lowlevel_ops *fs_ops(void);
+void fs_root_attr_save(struct fs *fs, const struct stat *st);
+void fs_root_attr_load(struct fs *fs);
 int fs_recover_handles(void *arg, struct fs_backend *b);
+/* Close the cache files of every handle still open (at unmount, before
+ * cache_free(): the kernel sends no release for them then). */
+void fs_cache_detach_all(struct fs *fs);
 
 #endif

@@ -105,6 +105,10 @@ static void hash_name(struct fs_inode_table *t, struct fs_inode *in)
 }
 
 static void maybe_free(struct fs_inode_table *t, struct fs_inode *in);
+static int set_name(struct fs_inode_table *t, struct fs_inode *in,
+		    uint64_t parent, const char *name);
+static int path_locked(struct fs_inode_table *t, uint64_t ino, const char *name,
+		       char *buf, size_t len);
 
 /* Drop one child reference from `parent`, freeing it if it was the last. */
 static void put_parent(struct fs_inode_table *t, uint64_t parent)
@@ -360,6 +364,50 @@ out:
 	return ret;
 }
 
+int fs_inode_close_silly(struct fs_inode_table *t, uint64_t ino, char *buf,
+			 size_t len)
+{
+	struct fs_inode *in;
+	int ret = 0;
+
+	pthread_rwlock_wrlock(&t->lock);
+	in = get(t, ino);
+	if (!in) {
+		ret = -ESTALE;
+		goto out;
+	}
+	if (--in->nopen < 0) {
+		fprintf(stderr, "lazarusfs: inode %llu open count below zero\n",
+			(unsigned long long)ino);
+		abort();
+	}
+	if (!in->nopen && in->silly && !path_locked(t, ino, NULL, buf, len)) {
+		in->silly = false;
+		ret = 1;
+	}
+	maybe_free(t, in);
+out:
+	pthread_rwlock_unlock(&t->lock);
+	return ret;
+}
+
+int fs_inode_make_silly(struct fs_inode_table *t, uint64_t parent,
+			const char *name, uint64_t newparent,
+			const char *newname)
+{
+	struct fs_inode *in;
+	int ret = 0;
+
+	pthread_rwlock_wrlock(&t->lock);
+	in = get_name(t, parent, name);
+	if (in && !set_name(t, in, newparent, newname)) {
+		in->silly = true;
+		ret = in->nopen;
+	}
+	pthread_rwlock_unlock(&t->lock);
+	return ret;
+}
+
 int fs_inode_nopen(struct fs_inode_table *t, uint64_t ino)
 {
 	struct fs_inode *in;
@@ -372,14 +420,14 @@ int fs_inode_nopen(struct fs_inode_table *t, uint64_t ino)
 	return ret;
 }
 
-int fs_inode_path(struct fs_inode_table *t, uint64_t ino, const char *name,
-		  char *buf, size_t len)
+/* fs_inode_path() with t->lock already held. */
+static int path_locked(struct fs_inode_table *t, uint64_t ino, const char *name,
+		       char *buf, size_t len)
 {
 	const char *parts[256];
 	size_t n = 0, pos = 0;
 	int ret = 0;
 
-	pthread_rwlock_rdlock(&t->lock);
 	for (struct fs_inode *in = get(t, ino); ino != FS_ROOT_INO;
 	     in = get(t, ino)) {
 		if (!in || !in->name) {
@@ -422,6 +470,16 @@ int fs_inode_path(struct fs_inode_table *t, uint64_t ino, const char *name,
 	}
 	buf[pos] = 0;
 out:
+	return ret;
+}
+
+int fs_inode_path(struct fs_inode_table *t, uint64_t ino, const char *name,
+		  char *buf, size_t len)
+{
+	int ret;
+
+	pthread_rwlock_rdlock(&t->lock);
+	ret = path_locked(t, ino, name, buf, len);
 	pthread_rwlock_unlock(&t->lock);
 	return ret;
 }

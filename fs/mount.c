@@ -6,6 +6,15 @@
  * start only in the daemon, since fork() keeps just the calling thread.
  * The engine itself is not started here at all: the first real access
  * does that.
+ *
+ * The block cache has threads too (mover, prefetcher), so it follows the
+ * same rule: fs_new() builds it once to report a bad tier directory before
+ * anything is mounted, and, when we are going to daemonize, frees it again
+ * (from a helper thread, so that no io_uring ring of it stays behind in
+ * the thread that forks); fs_run() builds it for real in the daemon.
+ * Every CACHE_PROM_SECONDS a small thread writes the Prometheus textfile
+ * <state_dir>/lazarusfs_cache_<id>.prom; it is removed at unmount, so a
+ * gone mount exports nothing.
  */
 #include "config.h"
 
@@ -13,10 +22,15 @@
 #include <fuse_lowlevel.h>
 
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <limits.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -49,17 +63,324 @@ static int mkdir_p(const char *path, mode_t mode)
 	return 0;
 }
 
+#define CACHE_PROM_SECONDS 10
+
+/* "prefix ARG": ARG (the rest of the line, may hold blanks), else NULL */
+static const char *cmd_arg(const char *cmd, const char *prefix)
+{
+	size_t n = strlen(prefix);
+
+	if (strncmp(cmd, prefix, n))
+		return NULL;
+	if (!cmd[n])
+		return cmd + n;
+	return cmd[n] == ' ' ? cmd + n + 1 : NULL;
+}
+
+/*
+ * Control commands (one line in, "key: value" lines out):
+ *   status                    engine state (fs_engine_status)
+ *   stats | stats json        cache statistics, text or JSON
+ *   evict [RELPATH]           drop cached blocks of RELPATH and below (all)
+ *   contains OFF LEN RELPATH  "1" when every block of the range is cached
+ * RELPATH is relative to the mount root, as the cache keys are.  All of it
+ * answers from memory, never waiting for the engine.
+ */
 static int ctl_handler(void *arg, const char *cmd, char **reply)
 {
 	struct fs *fs = arg;
+	const char *a;
+	int ret;
 
 	if (!strcmp(cmd, "status")) {
 		*reply = fs_engine_status(fs->engine);
 		return *reply ? 0 : -ENOMEM;
 	}
+	if (!strcmp(cmd, "stats") || !strcmp(cmd, "stats json")) {
+		bool json = cmd[5] != 0;
+
+		if (!fs->cache)
+			*reply = strdup(json ? "{\"enabled\":false}\n" : "enabled: no\n");
+		else if ((ret = cache_stats_format(fs->cache, json, reply)))
+			return ret;
+		return *reply ? 0 : -ENOMEM;
+	}
+	if ((a = cmd_arg(cmd, "evict"))) {
+		if (!fs->cache)
+			goto nocache;
+		ret = cache_evict(fs->cache, *a ? a : NULL);
+		if (asprintf(reply, "evicted_blocks: %d\n", ret) < 0)
+			*reply = NULL;
+		return *reply ? 0 : -ENOMEM;
+	}
+	if ((a = cmd_arg(cmd, "contains"))) {
+		unsigned long long off, len;
+		int pos = 0;
+
+		if (!fs->cache)
+			goto nocache;
+		if (sscanf(a, "%llu %llu %n", &off, &len, &pos) != 2 || !pos || !a[pos]) {
+			*reply = strdup("error: usage: contains OFFSET LENGTH RELPATH\n");
+			return -EINVAL;
+		}
+		*reply = strdup(cache_contains(fs->cache, a + pos, off, len) ? "1\n" : "0\n");
+		return *reply ? 0 : -ENOMEM;
+	}
 	if (asprintf(reply, "error: unknown command '%.64s'\n", cmd) < 0)
 		*reply = NULL;
 	return -EINVAL;
+nocache:
+	*reply = strdup("error: no block cache on this mount (no tier configured)\n");
+	return -EINVAL;
+}
+
+static void cache_log(int level, const char *msg)
+{
+	enum fs_log_level l = level <= 3 ? FS_LOG_ERR : level == 4 ? FS_LOG_WARN :
+			      level <= 6 ? FS_LOG_INFO : FS_LOG_DEBUG;
+
+	fs_log(l, "%s", msg);
+}
+
+struct cache_probe {
+	struct fs *fs;
+	char *err;
+	size_t errlen;
+	int ret;
+};
+
+/* Build and drop the cache in a thread of its own: its ring goes with it. */
+static void *cache_probe_main(void *arg)
+{
+	struct cache_probe *p = arg;
+	struct cache *c = NULL;
+
+	p->ret = cache_new(&c, &p->fs->o->cache, p->fs->dir, p->err, p->errlen);
+	cache_free(c);
+	return NULL;
+}
+
+static int cache_start(struct fs *fs, bool probe_only, char *err, size_t errlen)
+{
+	char labels[4200], *p = labels;
+	pthread_t t;
+	int ret;
+
+	if (probe_only) {
+		struct cache_probe pr = { .fs = fs, .err = err, .errlen = errlen };
+
+		if ((ret = -pthread_create(&t, NULL, cache_probe_main, &pr))) {
+			snprintf(err, errlen, "cannot start a thread: %s", strerror(-ret));
+			return ret;
+		}
+		pthread_join(t, NULL);
+		return pr.ret;
+	}
+	if ((ret = cache_new(&fs->cache, &fs->o->cache, fs->dir, err, errlen)))
+		return ret;
+	/* mount="..." with the label value escaped as Prometheus wants */
+	p += sprintf(p, "mount=\"");
+	for (const char *q = fs->o->mountpoint; *q && p < labels + sizeof(labels) - 4; q++) {
+		if (*q == '"' || *q == '\\')
+			*p++ = '\\';
+		if (*q == '\n') {
+			*p++ = '\\';
+			*p++ = 'n';
+		} else {
+			*p++ = *q;
+		}
+	}
+	*p++ = '"';
+	*p = 0;
+	cache_set_labels(fs->cache, labels);
+	return 0;
+}
+
+static void *prom_main(void *arg)
+{
+	struct fs *fs = arg;
+	struct timespec ts;
+	int ret;
+
+	pthread_mutex_lock(&fs->prom_lock);
+	while (!fs->prom_stop) {
+		pthread_mutex_unlock(&fs->prom_lock);
+		ret = cache_write_textfile(fs->cache, fs->prom_path);
+		if (ret)
+			fs_log(FS_LOG_DEBUG, "%s: cannot write %s", strerror(-ret), fs->prom_path);
+		pthread_mutex_lock(&fs->prom_lock);
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_sec += CACHE_PROM_SECONDS;
+		while (!fs->prom_stop &&
+		       pthread_cond_timedwait(&fs->prom_cv, &fs->prom_lock, &ts) != ETIMEDOUT)
+			;
+	}
+	pthread_mutex_unlock(&fs->prom_lock);
+	return NULL;
+}
+
+static void prom_start(struct fs *fs)
+{
+	pthread_condattr_t ca;
+	int ret;
+
+	if (!fs->cache ||
+	    asprintf(&fs->prom_path, "%s/lazarusfs_cache_%s.prom", fs->o->state_dir, fs->id) < 0) {
+		fs->prom_path = NULL;
+		return;
+	}
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&fs->prom_cv, &ca);
+	pthread_condattr_destroy(&ca);
+	pthread_mutex_init(&fs->prom_lock, NULL);
+	fs->prom_stop = false;
+	ret = -pthread_create(&fs->prom_thread, NULL, prom_main, fs);
+	if (ret) {
+		fs_log(FS_LOG_WARN, "%s: no prometheus textfile for the cache", strerror(-ret));
+		pthread_cond_destroy(&fs->prom_cv);
+		pthread_mutex_destroy(&fs->prom_lock);
+		return;
+	}
+	fs->prom_started = true;
+}
+
+static void prom_stop(struct fs *fs)
+{
+	if (fs->prom_started) {
+		pthread_mutex_lock(&fs->prom_lock);
+		fs->prom_stop = true;
+		pthread_cond_signal(&fs->prom_cv);
+		pthread_mutex_unlock(&fs->prom_lock);
+		pthread_join(fs->prom_thread, NULL);
+		pthread_cond_destroy(&fs->prom_cv);
+		pthread_mutex_destroy(&fs->prom_lock);
+		fs->prom_started = false;
+	}
+	if (fs->prom_path) {
+		unlink(fs->prom_path);
+		free(fs->prom_path);
+		fs->prom_path = NULL;
+	}
+}
+
+/*
+ * Our own worker pool instead of fuse_session_loop_mt(): the loop in
+ * Debian's libfuse 3.14.0 retires its worker after every request (its
+ * max_idle check treats the default -1 as "retire"), so each request paid
+ * for a thread start and a /dev/fuse clone; metadata rates were a tenth of
+ * the engine's.  WORKERS threads read /dev/fuse for the whole mount.  The
+ * main thread sleeps until the session exits (unmount, or SIGTERM through
+ * libfuse's handlers, which only this thread takes), then unmounts so that
+ * every worker's read returns, and joins them.
+ */
+#define WORKERS 16
+
+static void *worker_main(void *arg)
+{
+	struct fuse_session *se = arg;
+	struct fuse_buf buf = { .mem = NULL };
+
+	while (!fuse_session_exited(se)) {
+		int res = fuse_session_receive_buf(se, &buf);
+
+		if (res == -EINTR)
+			continue;
+		if (res <= 0) {
+			fuse_session_exit(se);
+			break;
+		}
+		fuse_session_process_buf(se, &buf);
+	}
+	free(buf.mem);
+	return NULL;
+}
+
+static int serve(struct fuse_session *se)
+{
+	pthread_t tid[WORKERS];
+	sigset_t block, old;
+	int n = 0, ret = 0;
+
+	sigemptyset(&block);
+	sigaddset(&block, SIGTERM);
+	sigaddset(&block, SIGINT);
+	sigaddset(&block, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &block, &old);
+	for (; n < WORKERS; n++) {
+		ret = -pthread_create(&tid[n], NULL, worker_main, se);
+		if (ret)
+			break;
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (!n) {
+		fs_log(FS_LOG_ERR, "%s: cannot start request threads", strerror(-ret));
+		return ret;
+	}
+	while (!fuse_session_exited(se))
+		usleep(100000);
+	fuse_session_unmount(se);       /* wakes the workers' reads */
+	for (int i = 0; i < n; i++)
+		pthread_join(tid[i], NULL);
+	return 0;
+}
+
+/* Is a fuse.lazarusfs file system mounted at `path`? */
+static bool lazarusfs_mounted_at(const char *path)
+{
+	char *line = NULL;
+	size_t cap = 0;
+	bool found = false;
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+
+	if (!f)
+		return false;
+	while (!found && getline(&line, &cap, f) > 0) {
+		char mnt[4097], type[64];
+		const char *sep = strstr(line, " - ");
+
+		if (sep && sscanf(line, "%*s %*s %*s %*s %4096s", mnt) == 1 &&
+		    sscanf(sep + 3, "%63s", type) == 1)
+			found = !strcmp(mnt, path) && !strcmp(type, "fuse.lazarusfs");
+	}
+	free(line);
+	fclose(f);
+	return found;
+}
+
+/* Root owner and mode as the engine last reported them (see ops.c). */
+void fs_root_attr_save(struct fs *fs, const struct stat *st)
+{
+	char path[4200], tmp[4210];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/root.attr", fs->dir);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	f = fopen(tmp, "we");
+	if (!f)
+		return;
+	fprintf(f, "%o %u %u\n", (unsigned)st->st_mode, (unsigned)st->st_uid,
+		(unsigned)st->st_gid);
+	if (fclose(f) || rename(tmp, path))
+		unlink(tmp);
+}
+
+void fs_root_attr_load(struct fs *fs)
+{
+	unsigned mode, uid, gid;
+	char path[4200];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/root.attr", fs->dir);
+	f = fopen(path, "re");
+	if (!f)
+		return;
+	if (fscanf(f, "%o %u %u", &mode, &uid, &gid) == 3 && S_ISDIR(mode)) {
+		fs->root_stat.st_mode = mode;
+		fs->root_stat.st_uid = uid;
+		fs->root_stat.st_gid = gid;
+	}
+	fclose(f);
 }
 
 int fs_new(struct fs **out, struct fs_opts *o, char *err, size_t errlen)
@@ -113,6 +434,29 @@ int fs_new(struct fs **out, struct fs_opts *o, char *err, size_t errlen)
 	}
 	fs->root_statvfs.f_bsize = fs->root_statvfs.f_frsize = 4096;
 	fs->root_statvfs.f_namemax = 255;
+	fs_root_attr_load(fs);
+	/* a missing or read-only tier directory fails the mount, not a read */
+	if (cache_config_ntiers(&o->cache)) {
+		char cerr[400] = "";
+		unsigned pt = o->hang_timeout >= 2 ? (unsigned)(o->hang_timeout / 2) : 1;
+
+		/*
+		 * A reader waits for a block the prefetcher is fetching, and
+		 * the hang watch does not see the prefetcher's reads: bound
+		 * them by half of hang_timeout, so that a frozen engine is
+		 * noticed by a demand read soon after.
+		 */
+		if (o->hang_timeout > 0 && o->cache.prefetch && o->cache.prefetch_timeout > pt) {
+			fs_log(FS_LOG_INFO, "prefetch_timeout lowered from %u to %u s (half of hang_timeout)",
+			       o->cache.prefetch_timeout, pt);
+			o->cache.prefetch_timeout = pt;
+		}
+		cache_set_log(cache_log);
+		if ((ret = cache_start(fs, !o->foreground, cerr, sizeof(cerr)))) {
+			snprintf(err, errlen, "block cache: %s", cerr);
+			goto out_free;
+		}
+	}
 	free(logpath);
 	*out = fs;
 	return 0;
@@ -125,27 +469,24 @@ out_free:
 int fs_run(struct fs *fs, int fuse_argc, char **fuse_argv)
 {
 	struct fuse_args args = FUSE_ARGS_INIT(fuse_argc, fuse_argv);
-	struct fuse_loop_config *cfg = NULL;
 	char sock[4200], masked[512];
 	int ret;
 
 	fs->se = fuse_session_new(&args, fs_ops(), sizeof(struct fuse_lowlevel_ops), fs);
 	if (!fs->se) {
 		fs_log(FS_LOG_ERR, "invalid mount options (see above), nothing mounted");
+		fuse_opt_free_args(&args);
 		return -EINVAL;
 	}
 	snprintf(sock, sizeof(sock), "%s/ctl.sock", fs->dir);
-	/* refuse a second proxy on the same mount point before mounting */
-	{
-		char *probe = NULL;
-
-		if (!fs_ctl_request(sock, "status", &probe, 500)) {
-			free(probe);
-			fs_log(FS_LOG_ERR, "already mounted: a lazarusfs proxy serves %s",
-			       fs->o->mountpoint);
-			ret = -EBUSY;
-			goto out_destroy;
-		}
+	/* refuse a second proxy on the same mount point before mounting (the
+	 * mount table, not the control socket: a proxy that is shutting down
+	 * still answers there after its mount is gone) */
+	if (lazarusfs_mounted_at(fs->o->mountpoint)) {
+		fs_log(FS_LOG_ERR, "already mounted: a lazarusfs proxy serves %s",
+		       fs->o->mountpoint);
+		ret = -EBUSY;
+		goto out_destroy;
 	}
 	if (fuse_set_signal_handlers(fs->se)) {
 		ret = -EIO;
@@ -169,6 +510,14 @@ int fs_run(struct fs *fs, int fuse_argc, char **fuse_argv)
 		snprintf(logpath, sizeof(logpath), "%s/lazarusfs.log", fs->dir);
 		fs_log_init(-1, true, logpath, fs->o->debug);
 	}
+	if (cache_config_ntiers(&fs->o->cache) && !fs->cache) {
+		char cerr[400] = "";
+
+		/* fs_new() checked it a moment ago: serve uncached rather than fail */
+		if ((ret = cache_start(fs, false, cerr, sizeof(cerr))))
+			fs_log(FS_LOG_ERR, "%s: block cache disabled: %s", strerror(-ret), cerr);
+	}
+	prom_start(fs);
 	if ((ret = fs_engine_start_threads(fs->engine))) {
 		fs_log(FS_LOG_ERR, "%s: cannot start engine supervisor", strerror(-ret));
 		goto out_unmount;
@@ -176,29 +525,20 @@ int fs_run(struct fs *fs, int fuse_argc, char **fuse_argv)
 	if ((ret = fs_ctl_new(&fs->ctl, sock, ctl_handler, fs)))
 		fs_log(FS_LOG_WARN, "%s: no control socket at %s", strerror(-ret), sock);
 
-	cfg = fuse_loop_cfg_create();
-	if (!cfg) {
-		ret = -ENOMEM;
-		goto out_engine;
-	}
-	fuse_loop_cfg_set_clone_fd(cfg, 1);
-	fuse_loop_cfg_set_max_threads(cfg, 64);
-	fuse_loop_cfg_set_idle_threads(cfg, 16);
-	ret = fuse_session_loop_mt(fs->se, cfg);
-	ret = ret < 0 ? ret : 0;
-	fuse_loop_cfg_destroy(cfg);
+	ret = serve(fs->se);
 	fs_log(FS_LOG_INFO, "unmounting %s", fs->o->mountpoint);
-out_engine:
 	fs_ctl_free(fs->ctl);
 	fs->ctl = NULL;
 	fs_engine_shutdown(fs->engine);
 out_unmount:
+	prom_stop(fs);
 	fuse_session_unmount(fs->se);
 out_signals:
 	fuse_remove_signal_handlers(fs->se);
 out_destroy:
 	fuse_session_destroy(fs->se);
 	fs->se = NULL;
+	fuse_opt_free_args(&args);      /* libfuse copies argv when it adds to it */
 	return ret;
 }
 
@@ -206,6 +546,10 @@ void fs_free(struct fs *fs)
 {
 	if (!fs)
 		return;
+	/* handles the kernel never released (lazy unmount) hold cache files */
+	fs_cache_detach_all(fs);
+	cache_free(fs->cache);
+	fs->cache = NULL;
 	fs_engine_free(fs->engine);
 	fs_handle_table_free(fs->handles);
 	fs_inode_table_free(fs->inodes);

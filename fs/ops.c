@@ -36,6 +36,24 @@
  * Locks are left to the kernel (no getlk/setlk/flock ops): they stay
  * node-local and survive engine restarts, which locks held inside a
  * crashed engine would not.
+ *
+ * Block cache (fs->cache, only when tiers are configured): every regular
+ * file handle gets a struct cache_file keyed by the file's path, opened
+ * with the size and mtime fstat() reports right after openat(), so the
+ * cache drops the file's blocks when they changed behind our back
+ * (close-to-open) and tells us whether the kernel may keep its page cache.
+ * op_read serves through cache_read(); a hit never enters the engine, so
+ * cached data keeps flowing while the engine is stopped, hung or being
+ * restarted.  A miss fetches whole blocks with handle_pread(), the same
+ * crash-transparent read the uncached path uses.  Writes, truncates,
+ * fallocate, unlink, rmdir and rename update or drop the blocks they
+ * touch after the engine accepted them.  Block keys are paths, so a handle
+ * whose path changes (rename, silly rename) is detached from the cache and
+ * reads the engine directly from then on; its writes drop the blocks of
+ * its current path instead.  With the cache on we do not ask the kernel
+ * for FUSE_CAP_AUTO_INVAL_DATA: it would send a GETATTR (to the engine) on
+ * reads every attr_timeout, and the cache already gives close-to-open
+ * consistency.
  */
 #include "config.h"
 
@@ -89,7 +107,14 @@ static bool call_again(struct call *c, int ret)
 
 static struct fs *req_fs(fuse_req_t req)
 {
-	return fuse_req_userdata(req);
+	struct fs *fs = fuse_req_userdata(req);
+
+	/* the kernel applies its readahead when it handles our INIT reply, so
+	 * raise it on the first request after that */
+	if (!atomic_load_explicit(&fs->readahead_tuned, memory_order_relaxed) &&
+	    !atomic_exchange(&fs->readahead_tuned, true))
+		fs_tune_readahead(fs->o->mountpoint);
+	return fs;
 }
 
 /* "/proc/self/fd/N/path" for the calls that have no *at() variant. */
@@ -106,20 +131,33 @@ static int stat_rel(const struct call *c, const char *rel, struct stat *st)
 	return fstatat(c->b->rootfd, rel, st, AT_SYMLINK_NOFOLLOW) ? -errno : 0;
 }
 
+/*
+ * The engine root's attributes stand in for it while the engine is stopped
+ * (permission checks on the root need them), and are kept in
+ * <dir>/root.attr so that the next mount starts with them too.
+ */
 static void remember_root(struct fs *fs, const struct stat *st)
 {
+	bool changed;
+
 	pthread_mutex_lock(&fs->root_lock);
+	changed = fs->root_stat.st_mode != st->st_mode ||
+		  fs->root_stat.st_uid != st->st_uid ||
+		  fs->root_stat.st_gid != st->st_gid;
 	fs->root_stat = *st;
 	pthread_mutex_unlock(&fs->root_lock);
+	if (changed)
+		fs_root_attr_save(fs, st);
 }
 
 static void fill_attr(struct fs *fs, uint64_t ino, struct stat *st)
 {
-	(void)fs;
-	(void)ino;
 	/* st_ino stays the backend's: it is informational for the kernel,
 	 * which identifies inodes by our node id */
 	st->st_blksize = st->st_blksize ? st->st_blksize : 4096;
+	/* a silly-renamed file is unlinked as far as the application knows */
+	if (st->st_nlink && fs_inode_is_silly(fs->inodes, ino))
+		st->st_nlink--;
 }
 
 /* Make a fresh backend object belong to the calling user. */
@@ -131,10 +169,24 @@ static int own(const struct call *c, fuse_req_t req, const char *rel,
 	struct stat pst;
 	int ret;
 
+	mode_t mode = st->st_mode & 07777;
+
+	/*
+	 * sshfs follows a symlink on chown (SFTP SETSTAT), which would hand the
+	 * target to the caller: its symlinks stay root's.  A symlink's owner
+	 * only matters in sticky directories.
+	 */
+	if (S_ISLNK(st->st_mode) && c->fs->o->profile == FS_PROFILE_SSHFS)
+		return 0;
+	if (st->st_uid == ctx->uid && st->st_gid == ctx->gid)
+		return 0;       /* the common case for root: no extra round trip */
 	if (!stat_rel(c, parent_rel, &pst) && (pst.st_mode & S_ISGID))
 		gid = pst.st_gid;       /* setgid directory: inherit its group */
 	if (st->st_uid != ctx->uid || st->st_gid != gid) {
 		if (fchownat(c->b->rootfd, rel, ctx->uid, gid, AT_SYMLINK_NOFOLLOW))
+			return -errno;
+		/* chown clears setuid/setgid; the creator asked for them */
+		if ((mode & (S_ISUID | S_ISGID)) && fchmodat(c->b->rootfd, rel, mode, 0))
 			return -errno;
 		if ((ret = stat_rel(c, rel, st)))
 			return ret;
@@ -227,12 +279,19 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	struct stat st;
 	int ret;
 
-	/* kubelet and CSI probes stat the mount point: no engine start */
-	if (ino == FS_ROOT_INO && !fs_engine_running(fs->engine)) {
+	/*
+	 * kubelet and CSI probes (root) stat the mount point: no engine start.
+	 * Another user gets the engine's real root, because the kernel checks
+	 * that user's permissions against these attributes; root passes them
+	 * anyway.
+	 */
+	if (ino == FS_ROOT_INO && fuse_req_ctx(req)->uid == 0 &&
+	    !fs_engine_running(fs->engine)) {
 		pthread_mutex_lock(&fs->root_lock);
 		st = fs->root_stat;
 		pthread_mutex_unlock(&fs->root_lock);
-		fuse_reply_attr(req, &st, fs->o->attr_timeout);
+		/* not cached: the real attributes replace these once it runs */
+		fuse_reply_attr(req, &st, 0);
 		return;
 	}
 	if ((ret = fs_inode_path(fs->inodes, ino, NULL, rel, sizeof(rel))))
@@ -388,6 +447,174 @@ static int add_handle(struct fs *fs, struct fs_handle *h,
 	return 0;
 }
 
+/* ------------------------------------------------------------- cache */
+
+static void cache_detach(struct fs_handle *h, const struct stat *st);
+
+static int64_t mtime_ns(const struct stat *st)
+{
+	return (int64_t)st->st_mtim.tv_sec * 1000000000 + st->st_mtim.tv_nsec;
+}
+
+/*
+ * Open the cache file of a fresh handle (registered, but not yet known to
+ * the kernel) for the file at `rel` with attributes `st` from its fd, and
+ * tell the kernel whether it may keep its page cache.  Without success the
+ * handle simply reads the engine.
+ */
+static void cache_attach(struct fs *fs, struct fs_handle *h, const char *rel,
+			 const struct stat *st, struct fuse_file_info *fi)
+{
+	char bpath[PATH_MAX + 64], cur[PATH_MAX];
+	struct cache_file *cf;
+	int keep = 0, ret;
+	char *key;
+
+	if (!fs->cache || !S_ISREG(st->st_mode))
+		return;
+	/* the prefetcher reads by path; engine.c mounts at backend.<our pid> */
+	if (snprintf(bpath, sizeof(bpath), "%s/backend.%d/%s", fs->dir,
+		     (int)getpid(), rel) >= (int)sizeof(bpath)) {
+		fs_log(FS_LOG_DEBUG, "%s: not cached, path too long", rel);
+		return;
+	}
+	key = strdup(rel);
+	ret = key ? cache_file_open(fs->cache, rel, st->st_size, mtime_ns(st),
+				    bpath, &cf, &keep) : -ENOMEM;
+	if (ret) {
+		fs_log(FS_LOG_DEBUG, "%s: cache open failed, reading %s uncached",
+		       strerror(-ret), rel);
+		free(key);
+		return;
+	}
+	pthread_rwlock_wrlock(&h->cflock);
+	h->cf = cf;
+	h->ckey = key;
+	pthread_rwlock_unlock(&h->cflock);
+	/* a rename that ran meanwhile may have missed us: blocks are keyed
+	 * by path, so a handle whose path moved must not cache */
+	if (fs_inode_path(fs->inodes, h->ino, NULL, cur, sizeof(cur)) ||
+	    strcmp(cur, rel)) {
+		cache_detach(h, NULL);
+		return;
+	}
+	fi->keep_cache = keep;
+}
+
+/*
+ * Close h's cache file.  With `st` (attributes after our writes), record
+ * them first so that the next open keeps the blocks.
+ */
+static void cache_detach(struct fs_handle *h, const struct stat *st)
+{
+	struct cache_file *cf;
+	char *key;
+
+	pthread_rwlock_wrlock(&h->cflock);
+	cf = h->cf;
+	key = h->ckey;
+	h->cf = NULL;
+	h->ckey = NULL;
+	pthread_rwlock_unlock(&h->cflock);
+	if (cf && st)
+		cache_file_set_attr(cf, st->st_size, mtime_ns(st));
+	cache_file_close(cf);
+	free(key);
+}
+
+/* Detach every handle whose path is no longer its cache key. */
+static void cache_detach_moved(struct fs *fs)
+{
+	struct fs_handle **v;
+	size_t n = fs_handle_all(fs->handles, 0, &v);
+	char cur[PATH_MAX];
+
+	for (size_t i = 0; i < n; i++) {
+		struct fs_handle *h = v[i];
+		bool moved;
+
+		if (h->dir)
+			continue;
+		pthread_rwlock_rdlock(&h->cflock);
+		moved = h->ckey &&
+			(fs_inode_path(fs->inodes, h->ino, NULL, cur, sizeof(cur)) ||
+			 strcmp(cur, h->ckey));
+		pthread_rwlock_unlock(&h->cflock);
+		if (moved)
+			cache_detach(h, NULL);
+	}
+	fs_handle_put_all(fs->handles, v, n);
+}
+
+void fs_cache_detach_all(struct fs *fs)
+{
+	struct fs_handle **v;
+	size_t n;
+
+	if (!fs->cache || !fs->handles)
+		return;
+	n = fs_handle_all(fs->handles, 0, &v);
+	for (size_t i = 0; i < n; i++)
+		if (!v[i]->dir)
+			cache_detach(v[i], NULL);
+	fs_handle_put_all(fs->handles, v, n);
+}
+
+/* Drop the blocks under the current path of `ino`. */
+static void cache_evict_ino(struct fs *fs, uint64_t ino)
+{
+	char rel[PATH_MAX];
+
+	if (!fs_inode_path(fs->inodes, ino, NULL, rel, sizeof(rel)))
+		cache_evict(fs->cache, rel);
+}
+
+/* The engine accepted a write through h: update the cached blocks. */
+static void cache_after_write(struct fs *fs, struct fs_handle *h,
+			      const char *buf, size_t size, off_t off)
+{
+	bool done = false;
+
+	if (!fs->cache)
+		return;
+	pthread_rwlock_rdlock(&h->cflock);
+	if (h->cf) {
+		cache_write(h->cf, buf, size, off);
+		atomic_store(&h->wrote, true);
+		done = true;
+	}
+	pthread_rwlock_unlock(&h->cflock);
+	/* a detached handle: other handles may cache this file by its path */
+	if (!done)
+		cache_evict_ino(fs, h->ino);
+}
+
+/* The engine truncated `ino` (at `rel`) to `size`. */
+static void cache_truncate_all(struct fs *fs, uint64_t ino, const char *rel,
+			       off_t size)
+{
+	struct fs_handle **v;
+	size_t n;
+	bool done = false;
+
+	if (!fs->cache)
+		return;
+	n = fs_handle_all(fs->handles, ino, &v);
+	for (size_t i = 0; i < n; i++) {
+		if (v[i]->dir)
+			continue;
+		pthread_rwlock_rdlock(&v[i]->cflock);
+		if (v[i]->cf) {
+			cache_truncate(v[i]->cf, size);
+			done = true;
+		}
+		pthread_rwlock_unlock(&v[i]->cflock);
+	}
+	fs_handle_put_all(fs->handles, v, n);
+	if (!done)
+		cache_evict(fs->cache, rel);
+}
+
 /* ----------------------------------------------------------- setattr */
 
 /* Record a truncate in the journals of every handle open on `ino`. */
@@ -475,8 +702,10 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 		if (h)
 			pthread_rwlock_unlock(&h->lock);
 	} while (call_again(&c, ret));
-	if (!ret && (valid & FUSE_SET_ATTR_SIZE))
+	if (!ret && (valid & FUSE_SET_ATTR_SIZE)) {
 		journal_truncate_all(fs, ino, attr->st_size);
+		cache_truncate_all(fs, ino, rel, attr->st_size);
+	}
 	if (h)
 		fs_handle_put(fs->handles, h);
 out:
@@ -588,17 +817,22 @@ static int silly_rename(struct call *c, uint64_t parent, const char *name,
 	char rel[PATH_MAX], silly[NAME_MAX + 1], srel[PATH_MAX];
 	int ret;
 
+	/* at the engine root, so the old directory can still be removed */
 	snprintf(silly, sizeof(silly), FS_SILLY_PREFIX "%llx-%llx",
 		 (unsigned long long)ino,
 		 (unsigned long long)atomic_fetch_add(&fs->silly_seq, 1));
 	if ((ret = fs_inode_path(fs->inodes, parent, name, rel, sizeof(rel))) ||
-	    (ret = fs_inode_path(fs->inodes, parent, silly, srel, sizeof(srel))))
+	    (ret = fs_inode_path(fs->inodes, FS_ROOT_INO, silly, srel, sizeof(srel))))
 		return ret;
 	if (renameat(c->b->rootfd, rel, c->b->rootfd, srel))
 		return -errno;
-	fs_inode_rename(fs->inodes, parent, name, parent, silly);
-	fs_inode_set_silly(fs->inodes, ino, true);
 	fs_log(FS_LOG_DEBUG, "silly-renamed open file %s", rel);
+	if (fs_inode_make_silly(fs->inodes, parent, name, FS_ROOT_INO, silly) == 0) {
+		/* the last release came in between: nobody else removes it */
+		if (unlinkat(c->b->rootfd, srel, 0))
+			return -errno;
+		fs_inode_unlink(fs->inodes, FS_ROOT_INO, silly);
+	}
 	return 0;
 }
 
@@ -607,6 +841,7 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct fs *fs = req_fs(req);
 	struct call c = CALL_INIT(fs);
 	char rel[PATH_MAX];
+	bool silly = false;
 	uint64_t ino;
 	int ret;
 
@@ -618,6 +853,7 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 		ino = fs_inode_find(fs->inodes, parent, name);
 		if (ino && fs_inode_nopen(fs->inodes, ino) > 0) {
 			ret = silly_rename(&c, parent, name, ino);
+			silly = !ret;
 		} else {
 			ret = unlinkat(c.b->rootfd, rel, 0) ? -errno : 0;
 			if (ret == -ENOENT && c.attempt)
@@ -626,6 +862,11 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 				fs_inode_unlink(fs->inodes, parent, name);
 		}
 	} while (call_again(&c, ret));
+	if (!ret && fs->cache) {
+		if (silly)
+			cache_detach_moved(fs);
+		cache_evict(fs->cache, rel);
+	}
 out:
 	fuse_reply_err(req, -ret);
 }
@@ -648,6 +889,8 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 	} while (call_again(&c, ret));
 	if (!ret)
 		fs_inode_unlink(fs->inodes, parent, name);
+	if (!ret && fs->cache)
+		cache_evict(fs->cache, rel);
 out:
 	fuse_reply_err(req, -ret);
 }
@@ -691,6 +934,11 @@ static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 			fs_inode_exchange(fs->inodes, parent, name, newparent, newname);
 		else
 			fs_inode_rename(fs->inodes, parent, name, newparent, newname);
+		/* detach first, so no handle refills the old keys afterwards */
+		if (fs->cache) {
+			cache_detach_moved(fs);
+			cache_file_rename(fs->cache, rel, nrel);
+		}
 	}
 out:
 	fuse_reply_err(req, -ret);
@@ -718,10 +966,16 @@ static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
 			ret = stat_rel(&c, nrel, &st);
 	} while (call_again(&c, ret));
 out:
-	if (ret)
+	if (ret) {
 		fuse_reply_err(req, -ret);
-	else
-		reply_entry(req, fs, newparent, newname, &st);
+		return;
+	}
+	/*
+	 * The new name gets its own node id (identity is a path here), so the
+	 * kernel would keep the old name's link count: drop its attributes.
+	 */
+	fuse_lowlevel_notify_inval_inode(fs->se, ino, -1, 0);
+	reply_entry(req, fs, newparent, newname, &st);
 }
 
 /* -------------------------------------------------------------- files */
@@ -758,17 +1012,18 @@ static void open_common(fuse_req_t req, fuse_ino_t parent, const char *name,
 			flags &= ~(O_EXCL | O_TRUNC);   /* the first try may have made it */
 		fd = openat(c.b->rootfd, rel, flags | (creating ? O_CREAT : 0), mode);
 		ret = fd < 0 ? -errno : 0;
-		if (!ret && creating) {
+		/* the cache validates its blocks against these attributes */
+		if (!ret && (creating || fs->cache))
 			ret = fstat(fd, &st) ? -errno : 0;
-			if (!ret)
-				ret = own(&c, req, rel, prel, &st);
-		}
+		if (!ret && creating)
+			ret = own(&c, req, rel, prel, &st);
 		if (!ret) {
 			h = fs_handle_alloc(creating ? 0 : ino, fi->flags, false,
 					    fs->journal_dir, fs->o->journal_mem);
 			if (!h)
 				ret = -ENOMEM;
 			else {
+				pthread_rwlock_init(&h->cflock, NULL);
 				h->fd = fd;
 				h->gen = c.b->gen;
 				fd = -1;
@@ -793,7 +1048,9 @@ static void open_common(fuse_req_t req, fuse_ino_t parent, const char *name,
 			fs_inode_forget(fs->inodes, e.ino, 1);
 			goto out;
 		}
+		cache_attach(fs, h, rel, &st, fi);
 		if (fuse_reply_create(req, &e, fi) == -ENOENT) {
+			cache_detach(h, NULL);
 			fs_inode_forget(fs->inodes, e.ino, 1);
 			fs_inode_close(fs->inodes, e.ino);
 			fs_handle_remove(fs->handles, fi->fh);
@@ -803,7 +1060,9 @@ static void open_common(fuse_req_t req, fuse_ino_t parent, const char *name,
 	}
 	if ((ret = add_handle(fs, h, fi)))
 		goto out;
+	cache_attach(fs, h, rel, &st, fi);
 	if (fuse_reply_open(req, fi) == -ENOENT) {
+		cache_detach(h, NULL);
 		fs_inode_close(fs->inodes, ino);
 		fs_handle_remove(fs->handles, fi->fh);
 		fs_engine_count_handle(fs->engine, -1);
@@ -860,22 +1119,18 @@ static ssize_t pread_full(int fd, char *buf, size_t size, off_t off)
 	return done;
 }
 
-static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
-		    struct fuse_file_info *fi)
+/*
+ * Read through handle h from the engine: on an engine loss, wait for the
+ * restart (which reopens h and replays its journal) and read again.
+ * Returns bytes read (short only at EOF) or -errno.
+ */
+static ssize_t handle_pread(struct fs *fs, struct fs_handle *h, char *buf,
+			    size_t size, off_t off)
 {
-	struct fs *fs = req_fs(req);
 	struct call c = CALL_INIT(fs);
-	struct fs_handle *h = get_handle(fs, fi);
-	char *buf = rbuf();
 	ssize_t n = 0;
 	int ret;
 
-	if (!h || !buf) {
-		fuse_reply_err(req, h ? ENOMEM : EBADF);
-		goto out;
-	}
-	if (size > RW_MAX)
-		size = RW_MAX;
 	do {
 		if ((ret = handle_enter(&c, h)))
 			continue;
@@ -883,8 +1138,51 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		ret = n < 0 ? (int)n : 0;
 		pthread_rwlock_unlock(&h->lock);
 	} while (call_again(&c, ret));
-	if (ret)
-		fuse_reply_err(req, -ret);
+	return ret ? ret : n;
+}
+
+struct fetch_arg {
+	struct fs *fs;
+	struct fs_handle *h;
+};
+
+/* cache_fetch_fn: a cache miss reads whole blocks from the engine */
+static ssize_t cache_fetch(void *arg, void *buf, size_t len, off_t off)
+{
+	struct fetch_arg *a = arg;
+
+	return handle_pread(a->fs, a->h, buf, len, off);
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		    struct fuse_file_info *fi)
+{
+	struct fs *fs = req_fs(req);
+	struct fs_handle *h = get_handle(fs, fi);
+	char *buf = rbuf();
+	bool cached = false;
+	ssize_t n = 0;
+
+	if (!h || !buf) {
+		fuse_reply_err(req, h ? ENOMEM : EBADF);
+		goto out;
+	}
+	if (size > RW_MAX)
+		size = RW_MAX;
+	if (fs->cache) {
+		struct fetch_arg a = { .fs = fs, .h = h };
+
+		pthread_rwlock_rdlock(&h->cflock);
+		if (h->cf) {
+			n = cache_read(h->cf, buf, size, off, cache_fetch, &a);
+			cached = true;
+		}
+		pthread_rwlock_unlock(&h->cflock);
+	}
+	if (!cached)
+		n = handle_pread(fs, h, buf, size, off);
+	if (n < 0)
+		fuse_reply_err(req, (int)-n);
 	else
 		fuse_reply_buf(req, buf, n);
 out:
@@ -963,6 +1261,8 @@ static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 		ret = write_journaled(fs, h, buf, size, off);
 		pthread_rwlock_unlock(&h->lock);
 	} while (call_again(&c, ret));
+	if (!ret)
+		cache_after_write(fs, h, buf, size, off);
 	if (ret)
 		fuse_reply_err(req, -ret);
 	else
@@ -1056,7 +1356,6 @@ static void silly_cleanup(struct fs *fs, uint64_t ino, const char *rel)
 	} while (call_again(&c, ret));
 	if (ret && ret != -ENOENT)
 		fs_log(FS_LOG_WARN, "%s: cannot remove silly-renamed %s", strerror(-ret), rel);
-	fs_inode_set_silly(fs->inodes, ino, false);
 	fs_inode_drop_name(fs->inodes, ino);
 }
 
@@ -1065,7 +1364,8 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	struct fs *fs = req_fs(req);
 	struct fs_handle *h = get_handle(fs, fi);
 	char rel[PATH_MAX];
-	bool silly;
+	bool wrote = false;
+	struct stat st;
 
 	if (!h) {
 		fuse_reply_err(req, EBADF);
@@ -1074,20 +1374,23 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	/* writes not yet covered by a flush (mmap, a failed flush) */
 	if (fs_journal_entries(h->journal))
 		sync_handle(fs, h, SYNC_FSYNC);
-	silly = fs_inode_is_silly(fs->inodes, h->ino) &&
-		!fs_inode_path(fs->inodes, h->ino, NULL, rel, sizeof(rel));
 	/* closing a backend fd talks to the engine: watch it for hangs */
 	pthread_rwlock_wrlock(&h->lock);
 	if (h->fd >= 0) {
 		fs_engine_watch_begin(fs->engine);
+		/* the attributes our writes left, so that the next open keeps
+		 * the blocks (a dead generation's fd just fails here) */
+		wrote = fs->cache && atomic_load(&h->wrote) && !fstat(h->fd, &st);
 		close(h->fd);
 		fs_engine_watch_end(fs->engine);
 		h->fd = -1;
 	}
 	pthread_rwlock_unlock(&h->lock);
+	if (fs->cache)
+		cache_detach(h, wrote ? &st : NULL);
 	fs_handle_remove(fs->handles, fi->fh);
 	fs_engine_count_handle(fs->engine, -1);
-	if (fs_inode_close(fs->inodes, h->ino) == 0 && silly)
+	if (fs_inode_close_silly(fs->inodes, h->ino, rel, sizeof(rel)) == 1)
 		silly_cleanup(fs, h->ino, rel);
 	fs_handle_put(fs->handles, h);
 	fuse_reply_err(req, 0);
@@ -1111,6 +1414,9 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
 		ret = fallocate(h->fd, mode, off, len) ? -errno : 0;
 		pthread_rwlock_unlock(&h->lock);
 	} while (call_again(&c, ret));
+	/* holes, zeroed ranges or a new size: simply drop the file's blocks */
+	if (!ret && fs->cache)
+		cache_evict_ino(fs, h->ino);
 	fs_handle_put(fs->handles, h);
 	fuse_reply_err(req, -ret);
 }
@@ -1170,13 +1476,8 @@ static void op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 		struct call c = CALL_INIT(fs);
 		ssize_t n = 0;
 
-		do {
-			if ((ret = handle_enter(&c, in)))
-				continue;
-			n = pread_full(in->fd, buf, want, off_in + done);
-			ret = n < 0 ? (int)n : 0;
-			pthread_rwlock_unlock(&in->lock);
-		} while (call_again(&c, ret));
+		n = handle_pread(fs, in, buf, want, off_in + done);
+		ret = n < 0 ? (int)n : 0;
 		if (ret || !n)
 			break;
 		do {
@@ -1185,8 +1486,10 @@ static void op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 			ret = write_journaled(fs, out, buf, n, off_out + done);
 			pthread_rwlock_unlock(&out->lock);
 		} while (call_again(&c, ret));
-		if (!ret)
+		if (!ret) {
+			cache_after_write(fs, out, buf, n, off_out + done);
 			done += n;
+		}
 	}
 out:
 	if (in)
@@ -1554,6 +1857,9 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_CACHE_SYMLINKS;
 	if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
 		conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+	/* see the design comment: reads must not need the engine */
+	if (((struct fs *)userdata)->cache)
+		conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
 }
 
 static const struct fuse_lowlevel_ops ops = {

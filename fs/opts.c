@@ -3,8 +3,9 @@
  *
  * We split -o lists ourselves (commas escaped as "\,") so that every one of
  * our options is validated with a message naming it, before anything is
- * mounted.  Options we do not know are handed to libfuse, which rejects
- * the ones it does not know either.
+ * mounted.  Options that are not lazarusfs's own go to the block cache's
+ * parser (cache_config_set) next, and only the ones it does not know
+ * either are handed to libfuse, which rejects what it does not know.
  */
 #include "config.h"
 
@@ -50,6 +51,14 @@ void fs_opts_init(struct fs_opts *o)
 	o->entry_timeout = 1;
 	o->journal_mem = 8u << 20;
 	o->journal_max = 256u << 20;
+	cache_config_init(&o->cache);
+	/*
+	 * No prefetch unless asked for: the prefetcher's engine reads are
+	 * outside the hang watch, and a reader waiting for a block it fetches
+	 * from a frozen engine would wait with nothing to notice the hang
+	 * (see lazarusfs(8), BUGS).
+	 */
+	o->cache.prefetch = 0;
 }
 
 void fs_opts_release(struct fs_opts *o)
@@ -60,6 +69,7 @@ void fs_opts_release(struct fs_opts *o)
 	free(o->engine_env);
 	free(o->engine_opts);
 	free(o->state_dir);
+	cache_config_release(&o->cache);
 	memset(o, 0, sizeof(*o));
 }
 
@@ -91,6 +101,13 @@ void fs_usage(const char *prog)
 	       "  negative_timeout=SECONDS  kernel negative name cache (0)\n"
 	       "  journal_mem=SIZE       write journal kept in memory per handle (8M)\n"
 	       "  journal_max=SIZE       journal size that triggers an fsync (256M)\n"
+	       "\n"
+	       "block cache options (-o, see lazarusfs.conf(5); no tier = no cache):\n"
+	       "  tierN=MEDIUM:PATH[|PATH...]:QUOTA   e.g. tier0=MEM:/dev/shm/lz:1G\n"
+	       "  tierN_medium= tierN_path= tierN_quota= tierN_high= tierN_low=\n"
+	       "  block_size=SIZE  prefetch=N (0)  prefetch_depth=N  prefetch_timeout=SECONDS\n"
+	       "  verify_mem=0|1\n"
+	       "  config=FILE            cache settings (and lazarusfs options) from FILE\n"
 	       "\n"
 	       "Other -o options go to the kernel (ro, allow_other, ...).\n",
 	       prog, LAZARUSFS_STATE_DIR);
@@ -163,20 +180,11 @@ static int strv_push(char ***v, const char *s)
 	return nv[n] ? 0 : -ENOMEM;
 }
 
-/* One "key[=value]" option.  Returns 1 when it is not ours. */
-static int parse_one(struct fs_opts *o, const char *opt, bool *explicit_profile,
-		     char *err, size_t errlen)
+/* One of lazarusfs's own options (v NULL: no "=").  Returns 1 when the key
+ * is not one of them. */
+static int parse_own(struct fs_opts *o, const char *key, const char *v,
+		     bool *explicit_profile, char *err, size_t errlen)
 {
-	const char *eq = strchr(opt, '=');
-	size_t klen = eq ? (size_t)(eq - opt) : strlen(opt);
-	const char *v = eq ? eq + 1 : NULL;
-	char key[64];
-
-	if (klen >= sizeof(key))
-		return 1;
-	memcpy(key, opt, klen);
-	key[klen] = 0;
-
 	static const struct {
 		const char *name;
 		size_t off;
@@ -234,6 +242,59 @@ static int parse_one(struct fs_opts *o, const char *opt, bool *explicit_profile,
 			return set_str((char **)((char *)o + strs[i].off), key, v,
 				       err, errlen);
 	return 1;
+}
+
+struct file_ctx {
+	struct fs_opts *o;
+	bool *explicit_profile;
+};
+
+/* Keys of a config=FILE that are not cache keys: our own options. */
+static int file_other(void *arg, const char *key, const char *value,
+		      char *err, size_t errlen)
+{
+	struct file_ctx *x = arg;
+	int ret = parse_own(x->o, key, value, x->explicit_profile, err, errlen);
+
+	return ret == 1 ? -ENOENT : ret;
+}
+
+/*
+ * One "key[=value]" option: ours, else the cache's, else (returns 1) for
+ * libfuse.
+ */
+static int parse_one(struct fs_opts *o, const char *opt, bool *explicit_profile,
+		     char *err, size_t errlen)
+{
+	const char *eq = strchr(opt, '=');
+	size_t klen = eq ? (size_t)(eq - opt) : strlen(opt);
+	const char *v = eq ? eq + 1 : NULL;
+	char key[64];
+	int ret;
+
+	if (klen >= sizeof(key))
+		return 1;
+	memcpy(key, opt, klen);
+	key[klen] = 0;
+	ret = parse_own(o, key, v, explicit_profile, err, errlen);
+	if (ret != 1)
+		return ret;
+	if (!strcmp(key, "config")) {
+		struct file_ctx x = { .o = o, .explicit_profile = explicit_profile };
+
+		if (!v || !*v) {
+			snprintf(err, errlen, "option config needs a file name (config=FILE)");
+			return -EINVAL;
+		}
+		/* the loader's errors (also -ENOENT for a missing file) name
+		 * the file and line */
+		ret = cache_config_load_cb(&o->cache, v, file_other, &x, err, errlen);
+		return ret == -ENOMEM ? ret : ret < 0 ? -EINVAL : 0;
+	}
+	ret = cache_config_set(&o->cache, key, v, err, errlen);
+	if (ret == -ENOENT)
+		return 1;
+	return ret == -ENOMEM ? ret : ret < 0 ? -EINVAL : 0;
 }
 
 /* Split an -o list on unescaped commas; "\," and "\\" are unescaped. */
@@ -371,6 +432,10 @@ int fs_opts_parse(struct fs_opts *o, int argc, char **argv, int *fuse_argc,
 	}
 	if (o->start_timeout <= 0) {
 		snprintf(err, errlen, "start_timeout must be more than 0");
+		ret = -EINVAL;
+		goto out;
+	}
+	if (cache_config_check(&o->cache, err, errlen)) {
 		ret = -EINVAL;
 		goto out;
 	}
