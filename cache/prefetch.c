@@ -144,9 +144,7 @@ static void pf_read_submit(struct pf_state *p, struct pf_req *r)
 	pf_reserve(p, 2);
 	sqe = pf_sqe(p);
 	io_uring_prep_read(sqe, r->file->fd, r->buf->data + r->got, r->want - r->got, r->off + r->got);
-	/* IOSQE_ASYNC: never read inline in io_uring_submit(), where a hung
-	 * engine would block this thread before the link timeout is armed */
-	sqe->flags |= IOSQE_IO_LINK | IOSQE_ASYNC;
+	sqe->flags |= IOSQE_IO_LINK;
 	io_uring_sqe_set_data(sqe, r);
 	sqe = pf_sqe(p);
 	io_uring_prep_link_timeout(sqe, &p->ts, 0);
@@ -188,7 +186,7 @@ static struct pf_file *pf_file_get(struct pf_state *p, struct cmeta *m)
 	pf_reserve(p, 2);
 	sqe = pf_sqe(p);
 	io_uring_prep_openat(sqe, AT_FDCWD, path, O_RDONLY | O_CLOEXEC, 0);
-	sqe->flags |= IOSQE_IO_LINK | IOSQE_ASYNC;
+	sqe->flags |= IOSQE_IO_LINK;
 	io_uring_sqe_set_data(sqe, r);
 	sqe = pf_sqe(p);
 	io_uring_prep_link_timeout(sqe, &p->ts, 0);
