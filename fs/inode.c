@@ -326,6 +326,15 @@ void fs_inode_forget(struct fs_inode_table *t, uint64_t ino, uint64_t n)
 	pthread_rwlock_unlock(&t->lock);
 }
 
+static void drop_open(struct fs_inode *in)
+{
+	if (--in->nopen < 0) {
+		fprintf(stderr, "lazarusfs: inode %llu open count below zero\n",
+			(unsigned long long)in->ino);
+		abort();
+	}
+}
+
 int fs_inode_open(struct fs_inode_table *t, uint64_t ino)
 {
 	struct fs_inode *in;
@@ -352,11 +361,7 @@ int fs_inode_close(struct fs_inode_table *t, uint64_t ino)
 		ret = -ESTALE;
 		goto out;
 	}
-	if (--in->nopen < 0) {
-		fprintf(stderr, "lazarusfs: inode %llu open count below zero\n",
-			(unsigned long long)ino);
-		abort();
-	}
+	drop_open(in);
 	ret = in->nopen;
 	maybe_free(t, in);
 out:
@@ -376,11 +381,7 @@ int fs_inode_close_silly(struct fs_inode_table *t, uint64_t ino, char *buf,
 		ret = -ESTALE;
 		goto out;
 	}
-	if (--in->nopen < 0) {
-		fprintf(stderr, "lazarusfs: inode %llu open count below zero\n",
-			(unsigned long long)ino);
-		abort();
-	}
+	drop_open(in);
 	if (!in->nopen && in->silly && !path_locked(t, ino, NULL, buf, len)) {
 		in->silly = false;
 		ret = 1;
