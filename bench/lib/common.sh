@@ -1,3 +1,5 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2034  # PY, BENCHLIB, SSHD_LIB are used by the scripts that source this
 # bench/lib/common.sh: shared shell helpers for bench/run and bench/chaos.
 # Sourceable only. Every mount and process a script starts is registered
 # here (bench_track_mount, bench_track_pid) so that bench_cleanup, run from

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # bench/lib/sshd.sh: a throwaway sshd on 127.0.0.1 for the benchmarks.
 # Sourceable. Same interface as tests/integration/sshd.sh, which bench/run
 # prefers when it exists:
