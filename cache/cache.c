@@ -695,6 +695,14 @@ static void promo_enqueue(struct cache *c, struct centry *e, struct blkbuf *buf)
 		entry_unpin(c, e);
 }
 
+void cache_set_wait_hooks(struct cache *c, void (*begin)(void *arg), void (*end)(void *arg),
+			  void *arg)
+{
+	c->wait_begin = begin && end ? begin : NULL;
+	c->wait_end = end;
+	c->wait_arg = arg;
+}
+
 void cache_quiesce(struct cache *c)
 {
 	pthread_mutex_lock(&c->lock);
@@ -1295,9 +1303,16 @@ static int block_get(struct cache_file *cf, uint64_t index, struct blkbuf **out,
 			break;
 		}
 		if (f) {
+			bool watch = f->state != FL_DONE && c->wait_begin;
+
 			f->refs++;
+			/* an engine read on our behalf: under the hang watch */
+			if (watch)
+				c->wait_begin(c->wait_arg);
 			while (f->state != FL_DONE)
 				pthread_cond_wait(&c->flight_cv, &c->lock);
+			if (watch)
+				c->wait_end(c->wait_arg);
 			if (f->res == 0) {
 				buf = blkbuf_get(f->buf);
 				if (f->prefetch && !f->used) {

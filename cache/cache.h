@@ -112,6 +112,18 @@ int cache_new(struct cache **out, const struct cache_config *cfg, const char *st
  * files stay on disk for the next cache_new(). No cache_file may be open. */
 void cache_free(struct cache *c);
 
+/*
+ * Hang watch for readers: begin(arg) is called before a reader waits for a
+ * block that another thread is fetching from the engine (a prefetch, or
+ * another reader's miss), end(arg) when the wait is over. lazarusfs points
+ * them at its engine hang watch, so a reader stuck behind a prefetch of a
+ * frozen engine is seen by the watchdog like a reader inside the engine.
+ * Both are called with cache internals locked: they must not block or call
+ * back into the cache. Set them before the first cache_read().
+ */
+void cache_set_wait_hooks(struct cache *c, void (*begin)(void *arg), void (*end)(void *arg),
+			  void *arg);
+
 /* Log hook for cache/ and tiers/ (level as syslog: 3 err, 4 warning, 6 info,
  * 7 debug). Set it before cache_new(). */
 void cache_set_log(void (*fn)(int level, const char *msg));

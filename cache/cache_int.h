@@ -168,6 +168,11 @@ struct cache {
 	struct pf_state *pf;
 
 	struct cache_stats st;      /* counters, updated with STAT_ADD */
+
+	/* set once before use (cache_set_wait_hooks) */
+	void (*wait_begin)(void *arg);
+	void (*wait_end)(void *arg);
+	void *wait_arg;
 };
 
 struct cache_file {

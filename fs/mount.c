@@ -160,6 +160,17 @@ static void *cache_probe_main(void *arg)
 	return NULL;
 }
 
+/* cache wait hooks: a reader waiting for a prefetch is inside the engine */
+static void cache_wait_begin(void *arg)
+{
+	fs_engine_watch_begin(arg);
+}
+
+static void cache_wait_end(void *arg)
+{
+	fs_engine_watch_end(arg);
+}
+
 static int cache_start(struct fs *fs, bool probe_only, char *err, size_t errlen)
 {
 	char labels[4200], *p = labels;
@@ -178,6 +189,7 @@ static int cache_start(struct fs *fs, bool probe_only, char *err, size_t errlen)
 	}
 	if ((ret = cache_new(&fs->cache, &fs->o->cache, fs->dir, err, errlen)))
 		return ret;
+	cache_set_wait_hooks(fs->cache, cache_wait_begin, cache_wait_end, fs->engine);
 	/* mount="..." with the label value escaped as Prometheus wants */
 	p += sprintf(p, "mount=\"");
 	for (const char *q = fs->o->mountpoint; *q && p < labels + sizeof(labels) - 4; q++) {
@@ -441,10 +453,11 @@ int fs_new(struct fs **out, struct fs_opts *o, char *err, size_t errlen)
 		unsigned pt = o->hang_timeout >= 2 ? (unsigned)(o->hang_timeout / 2) : 1;
 
 		/*
-		 * A reader waits for a block the prefetcher is fetching, and
-		 * the hang watch does not see the prefetcher's reads: bound
-		 * them by half of hang_timeout, so that a frozen engine is
-		 * noticed by a demand read soon after.
+		 * Readers waiting for a prefetched block are under the hang
+		 * watch (cache_wait_begin), but the prefetcher works through
+		 * its queue one open at a time: bound its engine calls by half
+		 * of hang_timeout so a frozen engine does not stall it longer
+		 * than the watchdog takes to notice.
 		 */
 		if (o->hang_timeout > 0 && o->cache.prefetch && o->cache.prefetch_timeout > pt) {
 			fs_log(FS_LOG_INFO, "prefetch_timeout lowered from %u to %u s (half of hang_timeout)",

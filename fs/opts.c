@@ -52,13 +52,6 @@ void fs_opts_init(struct fs_opts *o)
 	o->journal_mem = 8u << 20;
 	o->journal_max = 256u << 20;
 	cache_config_init(&o->cache);
-	/*
-	 * No prefetch unless asked for: the prefetcher's engine reads are
-	 * outside the hang watch, and a reader waiting for a block it fetches
-	 * from a frozen engine would wait with nothing to notice the hang
-	 * (see lazarusfs(8), BUGS).
-	 */
-	o->cache.prefetch = 0;
 }
 
 void fs_opts_release(struct fs_opts *o)
@@ -105,7 +98,7 @@ void fs_usage(const char *prog)
 	       "block cache options (-o, see lazarusfs.conf(5); no tier = no cache):\n"
 	       "  tierN=MEDIUM:PATH[|PATH...]:QUOTA   e.g. tier0=MEM:/dev/shm/lz:1G\n"
 	       "  tierN_medium= tierN_path= tierN_quota= tierN_high= tierN_low=\n"
-	       "  block_size=SIZE  prefetch=N (0)  prefetch_depth=N  prefetch_timeout=SECONDS\n"
+	       "  block_size=SIZE  prefetch=N (4)  prefetch_depth=N  prefetch_timeout=SECONDS\n"
 	       "  verify_mem=0|1\n"
 	       "  config=FILE            cache settings (and lazarusfs options) from FILE\n"
 	       "\n"
