@@ -82,7 +82,7 @@ void fs_engine_leave(struct fs_engine *e, struct fs_backend *b);
  */
 bool fs_engine_lost(struct fs_engine *e, struct fs_backend *b, int err);
 bool fs_engine_running(struct fs_engine *e);
-/* Raise the readahead of the FUSE mount at path to 1 MiB (best effort). */
+/* Raise the readahead of the FUSE mount at path to 4 MiB (best effort). */
 void fs_tune_readahead(const char *path);
 /* Watch the calling thread for hangs (a backend call outside enter/leave,
  * such as closing a backend fd) until fs_engine_watch_end(). */
