@@ -3,10 +3,11 @@
  * read/write/truncate paths, close-to-open validation and rebuild.
  * See cache_int.h for the invariants this file keeps.
  *
- * Read path for one block (block_get):
- *   1. the handle's two-slot buffer (sequential small reads of one block);
- *   2. a live entry: pin it, read and verify it outside the lock, unpin or
- *      hand the pin to the promotion queue;
+ * Read path for one block (cache_read, block_get):
+ *   1. the handle's two-slot buffer (whole blocks fetched by this handle);
+ *   2. a live entry: pin it, read and verify just the requested range (its
+ *      64 KiB chunks) outside the lock straight into the caller's buffer,
+ *      unpin or hand the pin to the promotion queue;
  *   3. a flight for the block: wait for it if it is running, or claim it
  *      and fetch it ourselves if the prefetcher has only queued it;
  *   4. otherwise start a flight, fetch through the core, store the block.
@@ -679,12 +680,23 @@ static void *mover_main(void *arg)
 	return NULL;
 }
 
+static bool promo_queued_locked(const struct cache *c, const struct centry *e)
+{
+	for (unsigned i = 0; i < c->promo_n; i++)
+		if (c->promos[(c->promo_head + i) % PROMO_MAX].e == e)
+			return true;
+	return false;
+}
+
+/* Queue pinned entry e for promotion to the top tier; takes the pin. buf:
+ * the whole block if it is in memory, else NULL and the mover reads it. */
 static void promo_enqueue(struct cache *c, struct centry *e, struct blkbuf *buf)
 {
 	bool queued = false;
 
 	pthread_mutex_lock(&c->lock);
-	if (c->promo_n < PROMO_MAX && !e->dead && !e->moving) {
+	/* small reads hit one block many times: one queued move is enough */
+	if (c->promo_n < PROMO_MAX && !e->dead && !e->moving && !promo_queued_locked(c, e)) {
 		c->promos[(c->promo_head + c->promo_n) % PROMO_MAX] = (struct promo){ e, blkbuf_get(buf) };
 		c->promo_n++;
 		queued = true;
@@ -1215,6 +1227,91 @@ static struct blkbuf *slot_find(struct cache_file *cf, uint64_t index)
 	return b;
 }
 
+/*
+ * A tier hit: read [off, off+len) of live entry e into dst, or with whole
+ * set the whole block into a new buffer returned there. Called with c->lock
+ * held (e was found under it); returns without it. e stays pinned across
+ * the read, so its file is never unlinked under us. Returns bytes read, or
+ * -errno once the bad or unreadable block was dropped (the caller fetches
+ * it from the engine instead).
+ */
+static ssize_t entry_read_unlock(struct cache *c, struct centry *e, uint32_t off, uint32_t len,
+				 void *dst, struct blkbuf **whole)
+{
+	size_t ti = e->tier;
+	struct ctier *t = &c->tiers[ti];
+	struct tier_block b;
+	struct list reap;
+	int r;
+
+	e->pins++;
+	list_del(&e->lru);              /* most recently used */
+	list_add_head(&t->lru, &e->lru);
+	entry_desc(c, e, &b);
+	if (e->prefetched) {
+		e->prefetched = false;
+		STAT_ADD(c->st.prefetch_used, 1);
+	}
+	pthread_mutex_unlock(&c->lock);
+	STAT_ADD(c->st.lookups, 1);
+	if (whole) {
+		*whole = blkbuf_new(c->bs);
+		dst = *whole ? (*whole)->data : NULL;
+	}
+	r = dst ? tier_read_range(t->store, &b, off, len, dst, t->verify) : -ENOMEM;
+	if (r >= 0) {
+		STAT_ADD(c->st.hits, 1);
+		STAT_ADD(t->st.hits, 1);
+		if (whole)
+			(*whole)->len = (uint32_t)r;
+		if (ti > 0)
+			promo_enqueue(c, e, whole ? *whole : NULL);   /* takes the pin */
+		else
+			entry_unpin(c, e);
+		return r;
+	}
+	if (r == -EBADMSG) {
+		STAT_ADD(t->st.checksum_failures, 1);
+		STAT_ADD(c->st.checksum_failures, 1);
+		clog_(3, "cache block checksum mismatch, dropped: tier%zu %s block %" PRIu64,
+		      ti, e->meta->key, e->index);
+	} else {
+		STAT_ADD(t->st.io_errors, 1);
+		clog_(4, "cache block read failed, dropped: tier%zu %s block %" PRIu64 ": %s",
+		      ti, e->meta->key, e->index, strerror(-r));
+	}
+	if (whole) {
+		blkbuf_put(*whole);
+		*whole = NULL;
+	}
+	list_init(&reap);
+	pthread_mutex_lock(&c->lock);
+	entry_kill_locked(c, e, &reap);
+	entry_unpin_locked(c, e, &reap);
+	pthread_mutex_unlock(&c->lock);
+	reap_run(c, &reap);
+	return r;
+}
+
+/* Read [boff, boff+len) of block index straight from its tier into dst.
+ * Returns bytes read (short or 0 past the block's end; *blen: its length),
+ * or -errno when no tier holds it or it was bad (and dropped). */
+static ssize_t block_read_tier(struct cache_file *cf, uint64_t index, uint32_t boff,
+			       uint32_t len, void *dst, uint32_t *blen)
+{
+	struct cache *c = cf->c;
+	struct centry *e;
+
+	pthread_mutex_lock(&c->lock);
+	e = entry_lookup_locked(c, cf->meta, index);
+	if (!e) {
+		pthread_mutex_unlock(&c->lock);
+		return -ENOENT;
+	}
+	*blen = e->len;
+	return entry_read_unlock(c, e, boff < e->len ? boff : e->len, len, dst, NULL);
+}
+
 /* Get block `index` of cf (data, verified). *out holds a reference. */
 static int block_get(struct cache_file *cf, uint64_t index, struct blkbuf **out,
 		     cache_fetch_fn fetch, void *arg)
@@ -1236,56 +1333,12 @@ static int block_get(struct cache_file *cf, uint64_t index, struct blkbuf **out,
 		gen = m->gen;
 		e = attempt < 3 ? entry_lookup_locked(c, m, index) : NULL;
 		if (e) {
-			struct tier_block b;
-			size_t ti = e->tier;
-			struct ctier *t = &c->tiers[ti];
-
-			e->pins++;
-			list_del(&e->lru);              /* most recently used */
-			list_add_head(&t->lru, &e->lru);
-			entry_desc(c, e, &b);
-			if (e->prefetched) {
-				e->prefetched = false;
-				STAT_ADD(c->st.prefetch_used, 1);
-			}
-			pthread_mutex_unlock(&c->lock);
-			STAT_ADD(c->st.lookups, 1);
-			buf = blkbuf_new(c->bs);
-			r = buf ? tier_read(t->store, &b, buf->data, t->verify) : -ENOMEM;
-			if (r == (ssize_t)b.len) {
-				buf->len = b.len;
-				STAT_ADD(c->st.hits, 1);
-				STAT_ADD(t->st.hits, 1);
-				if (ti > 0)
-					promo_enqueue(c, e, buf);   /* takes the pin */
-				else
-					entry_unpin(c, e);
-				slot_set(cf, index, gen, buf);
-				*out = buf;
-				return 0;
-			}
-			if (r == -EBADMSG) {
-				STAT_ADD(t->st.checksum_failures, 1);
-				STAT_ADD(c->st.checksum_failures, 1);
-				clog_(3, "cache block checksum mismatch, dropped: tier%zu %s block %" PRIu64,
-				      ti, m->key, index);
-			} else {
-				STAT_ADD(t->st.io_errors, 1);
-				clog_(4, "cache block read failed, dropped: tier%zu %s block %" PRIu64 ": %s",
-				      ti, m->key, index, strerror((int)-r));
-			}
-			blkbuf_put(buf);
-			pthread_mutex_lock(&c->lock);
-			{
-				struct list reap;
-
-				list_init(&reap);
-				entry_kill_locked(c, e, &reap);
-				entry_unpin_locked(c, e, &reap);
-				pthread_mutex_unlock(&c->lock);
-				reap_run(c, &reap);
-			}
-			continue;
+			/* stored since cache_read() looked: read it whole; the
+			 * slot is only for fetched blocks */
+			if (entry_read_unlock(c, e, 0, c->bs, NULL, &buf) < 0)
+				continue;   /* dropped: fetch it */
+			*out = buf;
+			return 0;
 		}
 		f = flight_find_locked(c, m, index);
 		if (f && f->state == FL_QUEUED) {
@@ -1424,23 +1477,33 @@ ssize_t cache_read(struct cache_file *cf, void *buf, size_t len, off_t off,
 		uint64_t pos = (uint64_t)off + done;
 		uint64_t index = pos / c->bs;
 		uint32_t boff = (uint32_t)(pos % c->bs);
+		uint32_t want = (uint32_t)(len - done < c->bs - boff ? len - done : c->bs - boff);
+		char *dst = (char *)buf + done;
 		struct blkbuf *b;
-		size_t n;
-		bool eof;
+		uint32_t blen = 0;
+		ssize_t n = 0;
 		int ret;
 
-		ret = block_get(cf, index, &b, fetch, arg);
-		if (ret < 0)
-			return done ? (ssize_t)done : ret;
-		n = b->len > boff ? b->len - boff : 0;
-		if (n > len - done)
-			n = len - done;
-		memcpy((char *)buf + done, b->data + boff, n);
-		done += n;
-		eof = b->len < c->bs;
-		blkbuf_put(b);
-		if (eof || n == 0)
-			break;
+		/* a whole block in memory, else just the range from its tier,
+		 * else fetch the whole block */
+		b = slot_find(cf, index);
+		if (!b) {
+			n = block_read_tier(cf, index, boff, want, dst, &blen);
+			if (n < 0) {
+				ret = block_get(cf, index, &b, fetch, arg);
+				if (ret < 0)
+					return done ? (ssize_t)done : ret;
+			}
+		}
+		if (b) {
+			blen = b->len;
+			n = blen > boff ? (ssize_t)(blen - boff < want ? blen - boff : want) : 0;
+			memcpy(dst, b->data + boff, (size_t)n);
+			blkbuf_put(b);
+		}
+		done += (size_t)n;
+		if (blen < c->bs || n == 0)
+			break;   /* end of file */
 	}
 	return (ssize_t)done;
 }

@@ -11,12 +11,14 @@
  *    tier when a tier passes its high watermark, until it is at or below the
  *    low watermark; the last tier evicts;
  *  - a hit in a lower tier queues the block for promotion to the top tier;
- *  - quotas count apparent bytes on disk (data + file key + 80-byte footer),
+ *  - quotas count apparent bytes on disk (data + chunk checksums + file key +
+ *    80-byte footer, see tier_block_bytes()),
  *    are reserved before a block is written, and are never exceeded;
  *  - blocks being read are pinned and never unlinked under a reader.
  * Blocks read back from SSD/HDD (and MEM when verify_mem is set) are checked
- * against their XXH3 checksum; a mismatch drops the block, bumps a counter and
- * the data is fetched from the engine instead.
+ * against their XXH3 checksums (per 64 KiB chunk, only the chunks read); a
+ * mismatch drops the block, bumps a counter and the data is fetched from the
+ * engine instead.
  *
  * Threads: cache_new() starts a mover thread and, when prefetch > 0, a
  * prefetch thread. Every public function is thread-safe. Internally one

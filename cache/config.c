@@ -418,7 +418,7 @@ int cache_config_check(const struct cache_config *cfg, char *err, size_t errlen)
 		if (t->low > t->high)
 			return cfg_err(err, errlen, "tier%zu_low (%.2f) is above tier%zu_high (%.2f)",
 				       i, t->low, i, t->high);
-		if (t->quota < (uint64_t)cfg->block_size + TIER_FOOTER_SIZE + TIER_KEY_MAX)
+		if (t->quota < tier_block_bytes(cfg->block_size, TIER_KEY_MAX))
 			return cfg_err(err, errlen, "tier%zu quota is smaller than one block", i);
 	}
 	return 0;

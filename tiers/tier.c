@@ -30,7 +30,7 @@
 #include "tiers/tier.h"
 
 #define TIER_MAGIC 0x314b4c4253525a4cULL /* "LZRSBLK1" little endian */
-#define TIER_VERSION 1u
+#define TIER_VERSION 2u   /* 2: chunk checksum table */
 #define RING_DEPTH 8
 
 struct tier_dirstate {
@@ -382,6 +382,69 @@ static int footer_valid(const struct footer *f)
 	       f->key_len > 0 && f->key_len <= TIER_KEY_MAX;
 }
 
+static size_t table_bytes(uint32_t len)
+{
+	return (size_t)tier_block_nchunks(len) * 8;
+}
+
+/* Everything after the data: [chunk table][file key][footer]. */
+static size_t tail_bytes(const struct tier_block *b)
+{
+	return table_bytes(b->len) + b->file_key_len + TIER_FOOTER_SIZE;
+}
+
+/* Check a block's tail as read from disk against b: footer, identity, and
+ * that the chunk table hashes to the footer's checksum. */
+static int tail_check(const struct tier_block *b, const char *tail)
+{
+	size_t tlen = table_bytes(b->len);
+	struct footer f;
+
+	memcpy(&f, tail + tlen + b->file_key_len, sizeof(f));   /* may be unaligned */
+	if (!footer_valid(&f) || f.key != b->key || f.seq != b->seq || f.len != b->len ||
+	    f.index != b->index || f.key_len != b->file_key_len ||
+	    memcmp(tail + tlen, b->file_key, b->file_key_len) != 0 ||
+	    XXH3_64bits(tail, tlen) != f.checksum)
+		return -EBADMSG;
+	return 0;
+}
+
+/* Check the chunks of data bytes [start, end) against the chunk table.
+ * start is chunk aligned, end is chunk aligned or the block's end; the bytes
+ * are spread over the segments seg[] (a chunk may straddle two), hence the
+ * streaming hash. */
+static int chunks_check(const char *table, uint32_t start, uint32_t end, const struct iovec *seg)
+{
+	const char *p = seg->iov_base;
+	size_t left = seg->iov_len;
+	XXH3_state_t st;
+
+	for (uint32_t pos = start; pos < end; pos += TIER_CHUNK) {
+		size_t clen = end - pos < TIER_CHUNK ? end - pos : TIER_CHUNK;
+		uint64_t want;
+
+		XXH3_64bits_reset(&st);
+		while (clen > 0) {
+			size_t k;
+
+			if (left == 0) {
+				seg++;
+				p = seg->iov_base;
+				left = seg->iov_len;
+			}
+			k = left < clen ? left : clen;
+			XXH3_64bits_update(&st, p, k);
+			p += k;
+			left -= k;
+			clen -= k;
+		}
+		memcpy(&want, table + (size_t)(pos / TIER_CHUNK) * 8, sizeof(want));
+		if (XXH3_64bits_digest(&st) != want)
+			return -EBADMSG;
+	}
+	return 0;
+}
+
 /* ---- store -------------------------------------------------------------- */
 
 static int errset(char *err, size_t errlen, int ret, const char *fmt, ...)
@@ -554,9 +617,11 @@ int tier_write(struct tier *t, struct tier_block *b, const void *data)
 {
 	char tmp[64], name[64];
 	struct footer f;
-	struct iovec iov[3];
+	struct iovec iov[4];
 	time_t now = time(NULL);
 	ssize_t total = (ssize_t)tier_block_bytes(b->len, b->file_key_len);
+	uint32_t nchunks = tier_block_nchunks(b->len);
+	uint64_t *table;
 	ssize_t n;
 	size_t dir = t->ndirs;
 	int fd, ret;
@@ -573,8 +638,17 @@ int tier_write(struct tier *t, struct tier_block *b, const void *data)
 	pthread_mutex_unlock(&t->lock);
 	if (dir == t->ndirs)
 		return -ENOSPC;
+	table = malloc(table_bytes(b->len) + 1);   /* + 1: never malloc(0) */
+	if (!table)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < nchunks; i++) {
+		uint32_t pos = i * TIER_CHUNK;
+
+		table[i] = XXH3_64bits((const char *)data + pos,
+				       b->len - pos < TIER_CHUNK ? b->len - pos : TIER_CHUNK);
+	}
 	b->dir = (uint32_t)dir;
-	b->checksum = XXH3_64bits(data, b->len);
+	b->checksum = XXH3_64bits(table, table_bytes(b->len));
 	footer_fill(&f, b);
 	block_name(tmp, sizeof(tmp), b->key, b->seq, ".tmp");
 	block_name(name, sizeof(name), b->key, b->seq, "");
@@ -585,9 +659,10 @@ int tier_write(struct tier *t, struct tier_block *b, const void *data)
 		goto out_fail;
 	}
 	iov[0] = (struct iovec){ (void *)data, b->len };
-	iov[1] = (struct iovec){ (void *)b->file_key, b->file_key_len };
-	iov[2] = (struct iovec){ &f, sizeof(f) };
-	n = uring_rw(fd, iov, 3, 0, 1);
+	iov[1] = (struct iovec){ table, table_bytes(b->len) };
+	iov[2] = (struct iovec){ (void *)b->file_key, b->file_key_len };
+	iov[3] = (struct iovec){ &f, sizeof(f) };
+	n = uring_rw(fd, iov, 4, 0, 1);
 	ret = uring_close(fd);
 	if (n < 0)
 		ret = (int)n;
@@ -598,11 +673,13 @@ int tier_write(struct tier *t, struct tier_block *b, const void *data)
 	ret = uring_renameat(t->dirs[dir].dirfd, tmp, name);
 	if (ret < 0)
 		goto out_unlink;
+	free(table);
 	return 0;
 
 out_unlink:
 	uring_unlinkat(t->dirs[dir].dirfd, tmp);
 out_fail:
+	free(table);
 	if (is_dir_error(ret))
 		dir_fail(t, dir, ret, "write");
 	else
@@ -610,40 +687,118 @@ out_fail:
 	return ret;
 }
 
-int tier_read(struct tier *t, const struct tier_block *b, void *buf, int verify)
+/* Open b's file for reading. */
+static int block_open(struct tier *t, const struct tier_block *b)
 {
 	char name[64];
-	char keybuf[TIER_KEY_MAX];
-	struct footer f;
-	struct iovec iov[3];
-	ssize_t total = (ssize_t)tier_block_bytes(b->len, b->file_key_len);
-	ssize_t n;
-	int fd, ret = 0;
 
 	if (b->dir >= t->ndirs || b->file_key_len > TIER_KEY_MAX)
 		return -EINVAL;
 	block_name(name, sizeof(name), b->key, b->seq, "");
-	fd = uring_openat(t->dirs[b->dir].dirfd, name, O_RDONLY, 0);
+	return uring_openat(t->dirs[b->dir].dirfd, name, O_RDONLY, 0);
+}
+
+/* Read want bytes of b's file at off; a short read means the file is torn. */
+static int block_pread(struct tier *t, const struct tier_block *b, int fd, struct iovec *iov,
+		       int iovcnt, off_t off, size_t want)
+{
+	ssize_t n = uring_rw(fd, iov, iovcnt, off, 0);
+
+	if (n == -EIO)
+		dir_fail(t, b->dir, (int)n, "read");
+	if (n < 0)
+		return (int)n;
+	return (size_t)n == want ? 0 : -EBADMSG;
+}
+
+int tier_read(struct tier *t, const struct tier_block *b, void *buf, int verify)
+{
+	size_t tlen = tail_bytes(b);
+	struct iovec iov[2];
+	char *tail;
+	int fd, ret;
+
+	fd = block_open(t, b);
 	if (fd < 0)
 		return fd;
-	iov[0] = (struct iovec){ buf, b->len };
-	iov[1] = (struct iovec){ keybuf, b->file_key_len };
-	iov[2] = (struct iovec){ &f, sizeof(f) };
-	n = uring_rw(fd, iov, 3, 0, 0);
-	uring_close(fd);
-	if (n < 0) {
-		ret = (int)n;
-		if (ret == -EIO)
-			dir_fail(t, b->dir, ret, "read");
-		return ret;
+	tail = malloc(tlen);
+	if (!tail) {
+		ret = -ENOMEM;
+		goto out_close;
 	}
-	if (n != total || !footer_valid(&f) || f.key != b->key || f.seq != b->seq ||
-	    f.len != b->len || f.index != b->index || f.key_len != b->file_key_len ||
-	    memcmp(keybuf, b->file_key, b->file_key_len) != 0)
-		return -EBADMSG;
-	if (verify && XXH3_64bits(buf, b->len) != f.checksum)
-		return -EBADMSG;
-	return (int)b->len;
+	iov[0] = (struct iovec){ buf, b->len };
+	iov[1] = (struct iovec){ tail, tlen };
+	ret = block_pread(t, b, fd, iov, 2, 0, b->len + tlen);
+	if (ret == 0)
+		ret = tail_check(b, tail);
+	if (ret == 0 && verify)
+		ret = chunks_check(tail, 0, b->len, &(struct iovec){ buf, b->len });
+	if (ret == 0)
+		ret = (int)b->len;
+	free(tail);
+out_close:
+	uring_close(fd);
+	return ret;
+}
+
+int tier_read_range(struct tier *t, const struct tier_block *b, uint32_t off, uint32_t len,
+		    void *buf, int verify)
+{
+	size_t tlen = tail_bytes(b);
+	uint32_t start, end, head = 0, over = 0;
+	struct iovec seg[3], iov[3];
+	char *tail, *bounce;
+	int fd, nseg = 0, ret;
+
+	if (off > b->len)
+		return -EINVAL;
+	if (len > b->len - off)
+		len = b->len - off;
+	if (len == 0)
+		return 0;
+	start = off;
+	end = off + len;
+	if (verify) {
+		/* widen to whole chunks; the caller's bytes still land in buf */
+		uint32_t last = (end - 1) / TIER_CHUNK * TIER_CHUNK;
+
+		start = off / TIER_CHUNK * TIER_CHUNK;
+		end = b->len - last > TIER_CHUNK ? last + TIER_CHUNK : b->len;
+		head = off - start;
+		over = end - (off + len);
+	}
+	fd = block_open(t, b);
+	if (fd < 0)
+		return fd;
+	/* one allocation: [tail][head bounce][over bounce] */
+	tail = malloc(tlen + head + over);
+	if (!tail) {
+		ret = -ENOMEM;
+		goto out_close;
+	}
+	bounce = tail + tlen;
+	iov[0] = (struct iovec){ tail, tlen };
+	ret = block_pread(t, b, fd, iov, 1, (off_t)b->len, tlen);
+	if (ret == 0)
+		ret = tail_check(b, tail);
+	if (ret < 0)
+		goto out_free;
+	if (head)
+		seg[nseg++] = (struct iovec){ bounce, head };
+	seg[nseg++] = (struct iovec){ buf, len };
+	if (over)
+		seg[nseg++] = (struct iovec){ bounce + head, over };
+	memcpy(iov, seg, sizeof(seg[0]) * (size_t)nseg);   /* uring_rw consumes iov */
+	ret = block_pread(t, b, fd, iov, nseg, (off_t)start, end - start);
+	if (ret == 0 && verify)
+		ret = chunks_check(tail, start, end, seg);
+	if (ret == 0)
+		ret = (int)len;
+out_free:
+	free(tail);
+out_close:
+	uring_close(fd);
+	return ret;
 }
 
 int tier_remove(struct tier *t, const struct tier_block *b)
@@ -662,8 +817,10 @@ static int scan_one(int dfd, const char *rel, uint64_t key, uint64_t seq,
 		    struct tier_block *b, char *keybuf)
 {
 	struct footer f;
-	struct iovec iov[1];
+	struct iovec iov[2];
+	char *table = NULL;
 	uint64_t size;
+	size_t tlen;
 	ssize_t n;
 	int fd, ret;
 
@@ -681,9 +838,18 @@ static int scan_one(int dfd, const char *rel, uint64_t key, uint64_t seq,
 	if (n != (ssize_t)sizeof(f) || !footer_valid(&f) || f.key != key || f.seq != seq ||
 	    size != tier_block_bytes(f.len, f.key_len))
 		goto out_close;
-	iov[0] = (struct iovec){ keybuf, f.key_len };
-	n = uring_rw(fd, iov, 1, (off_t)f.len, 0);
-	if (n != (ssize_t)f.key_len || tier_block_key(keybuf, f.key_len, f.index) != key)
+	/* the chunk table must match the footer, or the block is torn */
+	tlen = table_bytes(f.len);
+	table = malloc(tlen + 1);   /* + 1: never malloc(0) */
+	if (!table) {
+		ret = -ENOMEM;
+		goto out_close;
+	}
+	iov[0] = (struct iovec){ table, tlen };
+	iov[1] = (struct iovec){ keybuf, f.key_len };
+	n = uring_rw(fd, iov, 2, (off_t)f.len, 0);
+	if (n != (ssize_t)(tlen + f.key_len) || XXH3_64bits(table, tlen) != f.checksum ||
+	    tier_block_key(keybuf, f.key_len, f.index) != key)
 		goto out_close;
 	keybuf[f.key_len] = '\0';
 	*b = (struct tier_block){
@@ -693,6 +859,7 @@ static int scan_one(int dfd, const char *rel, uint64_t key, uint64_t seq,
 	};
 	ret = 0;
 out_close:
+	free(table);
 	uring_close(fd);
 	return ret;
 }

@@ -15,14 +15,20 @@
  * and requeues it on -EAGAIN and on short reads/writes.
  *
  * On-disk layout:  <dir>/<xx>/<key:016x>-<seq:016x>   (xx = top byte of key)
- * Block file:      [data: len bytes][file key: key_len bytes][footer: 80 bytes]
- * The footer (little endian) holds magic, version, data length, block key,
- * sequence number, block index, block size, file size and mtime when the block was
- * fetched, XXH3-64 of the data, the file key length, and an XXH3-64 of the
- * footer itself. Blocks are written to "<name>.tmp" and renamed into place,
- * so a crash leaves either a temp file (discarded at scan) or a whole file;
- * a file whose length or footer does not match (torn, truncated, zeroed) is
- * discarded at scan, and data corruption is caught by the data checksum at
+ * Block file (format version 2):
+ *   [data: len bytes][chunk table: nchunks x 8 bytes][file key: key_len bytes]
+ *   [footer: 80 bytes]
+ * The data is cut into TIER_CHUNK-byte chunks (the last one may be short),
+ * nchunks = ceil(len / TIER_CHUNK), and the chunk table holds the XXH3-64 of
+ * each, so a ranged read verifies only the chunks it covers. The footer
+ * (little endian) holds magic, version, data length, block key, sequence
+ * number, block index, block size, file size and mtime when the block was
+ * fetched, XXH3-64 of the chunk table (so it covers the data transitively),
+ * the file key length, and an XXH3-64 of the footer itself. Blocks are
+ * written to "<name>.tmp" and renamed into place, so a crash leaves either a
+ * temp file (discarded at scan) or a whole file; a file whose length, footer
+ * or chunk table does not match (torn, truncated, zeroed, older format) is
+ * discarded at scan, and data corruption is caught by the chunk checksums at
  * read time.
  *
  * Locking: struct tier has one internal mutex guarding the per-directory
@@ -37,6 +43,7 @@
 enum tier_medium { TIER_MEM = 0, TIER_SSD = 1, TIER_HDD = 2 };
 
 #define TIER_FOOTER_SIZE 80u
+#define TIER_CHUNK 65536u   /* data bytes per chunk checksum */
 #define TIER_MAX_DIRS 16
 #define TIER_KEY_MAX 4096   /* longest file key (relative path) accepted */
 
@@ -54,7 +61,7 @@ struct tier_block {
 	uint32_t dir;        /* which of the store's directories holds it */
 	uint64_t file_size;  /* file size recorded when the block was stored */
 	int64_t file_mtime_ns;
-	uint64_t checksum;   /* XXH3-64 of the data (filled by tier_write/tier_scan) */
+	uint64_t checksum;   /* XXH3-64 of the chunk table (filled by tier_write/tier_scan) */
 	const char *file_key;
 	uint32_t file_key_len;
 };
@@ -63,11 +70,17 @@ struct tier_block {
  * little-endian block index. */
 uint64_t tier_block_key(const char *file_key, size_t file_key_len, uint64_t index);
 
+/* Chunks (checksum table entries) of a block of len data bytes. */
+static inline uint32_t tier_block_nchunks(uint32_t len)
+{
+	return (uint32_t)(((uint64_t)len + TIER_CHUNK - 1) / TIER_CHUNK);
+}
+
 /* Bytes a block occupies on disk (apparent file size); this is what quotas
  * count. */
 static inline uint64_t tier_block_bytes(uint32_t len, uint32_t file_key_len)
 {
-	return (uint64_t)len + file_key_len + TIER_FOOTER_SIZE;
+	return (uint64_t)len + 8ull * tier_block_nchunks(len) + file_key_len + TIER_FOOTER_SIZE;
 }
 
 const char *tier_medium_name(enum tier_medium m);      /* "MEM", "SSD", "HDD" */
@@ -92,11 +105,23 @@ const char *tier_dir(const struct tier *t, size_t i);
  * when no directory is healthy. */
 int tier_write(struct tier *t, struct tier_block *b, const void *data);
 
-/* Read a block into buf (at least b->len bytes). Checks footer, length and
- * identity; checks the data checksum when verify is set. Returns b->len,
- * -EBADMSG on any mismatch (torn, corrupt), or another -errno (-ENOENT if
- * the file is gone, -EIO, ...). An -EIO marks the directory failed. */
+/* Read a block into buf (at least b->len bytes). Checks footer, length,
+ * identity and the chunk table against the footer; checks every chunk when
+ * verify is set. Returns b->len, -EBADMSG on any mismatch (torn, corrupt), or
+ * another -errno (-ENOENT if the file is gone, -EIO, ...). An -EIO marks the
+ * directory failed. */
 int tier_read(struct tier *t, const struct tier_block *b, void *buf, int verify);
+
+/* Read data bytes [off, off+len) of a block into buf, len clamped to b->len.
+ * Checks footer, identity and chunk table as tier_read() does; with verify,
+ * reads the whole chunks covering the range and checks each of them (and
+ * only them: corruption elsewhere in the block goes unnoticed). The range
+ * lands directly in buf; partial chunks at either end go through a bounce
+ * buffer. Returns bytes copied (0 when off == b->len), -EINVAL when
+ * off > b->len, -EBADMSG on any mismatch, or another -errno. An -EIO marks
+ * the directory failed. */
+int tier_read_range(struct tier *t, const struct tier_block *b, uint32_t off, uint32_t len,
+		    void *buf, int verify);
 
 /* Unlink a block file (b->key, b->seq, b->dir). Returns 0 or -errno;
  * -ENOENT counts as success for callers that only want it gone. */

@@ -357,7 +357,9 @@ static void test_read_hit_miss(void **state)
 
 	cache_get_stats(c, &st);
 	assert_int_equal(st.misses, 5);
-	assert_int_equal(st.tier[0].hits, 5);
+	/* hits do not fill the handle's slot: each tier read counts, and the
+	 * 100000-byte reads touch blocks 0 1 | 1 2 3 | 3 4 */
+	assert_int_equal(st.tier[0].hits, 7);
 	assert_int_equal(st.tier[0].blocks, 5);
 	assert_int_equal(st.tier[0].used, 4 * B(9) + tier_block_bytes(37856, 9));
 	cache_free(c);
@@ -512,7 +514,7 @@ static void test_three_tiers(void **state)
 	snprintf(key, sizeof(key), "f%d", found);
 	read_once(c, key, &b[found]);
 	cache_get_stats(c, &st2);
-	assert_int_equal(st2.tier[0].hits, st.tier[0].hits + 1);
+	assert_int_equal(st2.tier[0].hits, st.tier[0].hits + 2);   /* two 32 KiB reads */
 	for (int i = 0; i < 10; i++)   /* every read was served right */
 		assert_true(calls(&b[i]) >= 1);
 	cache_free(c);
@@ -566,6 +568,53 @@ static void test_checksum_mem_verify(void **state)
 	const char *o[] = { opt(0, "tier0=MEM:%s:10M", dir0), "verify_mem=1", NULL };
 
 	checksum_case(o, dir0);
+}
+
+/* A small read of a cached block reads and verifies only the 64 KiB chunks
+ * it covers: a bad byte in chunk 10 of a 1 MiB block goes unnoticed by a
+ * read in chunk 0, and a read in chunk 10 drops the block and refetches. */
+static void test_checksum_range(void **state)
+{
+	const char *o[] = { opt(0, "tier0=SSD:%s:10M", dir1), "block_size=1M", NULL };
+	struct cache *c = mkcache(o);
+	const off_t at = 10 * 65536 + 1000;
+	struct backend b;
+	struct cache_file *cf;
+	struct cache_stats st;
+	char path[600], buf[4096], bad;
+	int fd;
+
+	be_init(&b, 1 << 20, 14);
+	read_once(c, "big", &b);
+	cache_quiesce(c);
+	assert_int_equal(calls(&b), 1);
+	assert_int_equal(find_block(dir1, "big", 0, path, sizeof(path)), 0);
+	fd = open(path, O_RDWR);
+	assert_true(fd >= 0);
+	assert_int_equal(pread(fd, &bad, 1, at), 1);
+	bad ^= 0x01;
+	assert_int_equal(pwrite(fd, &bad, 1, at), 1);
+	close(fd);
+
+	cf = fopen_(c, "big", &b, 1, NULL);
+	assert_int_equal(cache_read(cf, buf, 4096, 8192, be_fetch, &b), 4096);
+	assert_memory_equal(buf, b.data + 8192, 4096);
+	cache_get_stats(c, &st);
+	assert_int_equal(st.checksum_failures, 0);
+	assert_int_equal(st.tier[0].hits, 1);
+	assert_int_equal(calls(&b), 1);
+
+	/* same handle: the hit above left nothing in its slot */
+	assert_int_equal(cache_read(cf, buf, 4096, at - 100, be_fetch, &b), 4096);
+	assert_memory_equal(buf, b.data + at - 100, 4096);
+	cache_get_stats(c, &st);
+	assert_int_equal(st.checksum_failures, 1);
+	assert_int_equal(st.tier[0].checksum_failures, 1);
+	assert_int_equal(calls(&b), 2);          /* refetched from the engine */
+	assert_int_not_equal(access(path, F_OK), 0);
+	cache_file_close(cf);
+	cache_free(c);
+	free(b.data);
 }
 
 /* ---- rebuild ------------------------------------------------------------ */
@@ -981,19 +1030,19 @@ static void test_stats_evict(void **state)
 	read_once(c, "dir/a", &b);
 	read_once(c, "dir/b/c", &b);
 	read_once(c, "dirx", &b);
-	read_once(c, "dir/a", &b);
+	read_once(c, "dir/a", &b);   /* two 32 KiB reads, two tier hits */
 	cache_set_labels(c, "mount=\"/mnt/x\"");
 
 	assert_int_equal(cache_stats_format(c, 0, &text), 0);
 	assert_non_null(strstr(text, "tier0.medium: MEM\n"));
-	assert_non_null(strstr(text, "tier0.hits: 1\n"));
+	assert_non_null(strstr(text, "tier0.hits: 2\n"));
 	assert_non_null(strstr(text, "misses: 3\n"));
 	assert_non_null(strstr(text, "tier0.blocks: 3\n"));
 	free(text);
 	assert_int_equal(cache_stats_format(c, 1, &text), 0);
 	assert_true(text[0] == '{');
 	assert_non_null(strstr(text, "\"tiers\":[{\"tier\":0,\"medium\":\"MEM\""));
-	assert_non_null(strstr(text, "\"hits\":1,"));
+	assert_non_null(strstr(text, "\"hits\":2,"));
 	free(text);
 	assert_int_equal(cache_write_textfile(c, NULL), 0);
 	snprintf(prom, sizeof(prom), "%s/lazarusfs_cache.prom", root);
@@ -1003,7 +1052,7 @@ static void test_stats_evict(void **state)
 	buf[n] = '\0';
 	fclose(f);
 	assert_non_null(strstr(buf, "# TYPE lazarusfs_cache_tier_hits_total counter\n"));
-	assert_non_null(strstr(buf, "lazarusfs_cache_tier_hits_total{mount=\"/mnt/x\",tier=\"0\",medium=\"MEM\"} 1\n"));
+	assert_non_null(strstr(buf, "lazarusfs_cache_tier_hits_total{mount=\"/mnt/x\",tier=\"0\",medium=\"MEM\"} 2\n"));
 	assert_non_null(strstr(buf, "lazarusfs_cache_misses_total{mount=\"/mnt/x\"} 3\n"));
 
 	assert_int_equal(cache_evict(c, "dir"), 2);
@@ -1069,6 +1118,7 @@ int main(void)
 		T(test_three_tiers),
 		T(test_checksum_ssd),
 		T(test_checksum_mem_verify),
+		T(test_checksum_range),
 		T(test_rebuild),
 		T(test_quota_concurrency),
 		T(test_full_tier),

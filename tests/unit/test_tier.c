@@ -14,6 +14,7 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 #include <cmocka.h>
 
 #include "tiers/tier.h"
@@ -117,6 +118,149 @@ static int scan_cb(void *arg, const struct tier_block *b)
 	return 0;
 }
 
+#define CH TIER_CHUNK
+
+static char *pattern(size_t len, unsigned seed)
+{
+	char *p = malloc(len);
+
+	for (size_t i = 0; i < len; i++)
+		p[i] = (char)((i * 131 + seed + i / 977) & 0xff);
+	return p;
+}
+
+static void flip(const char *path, off_t off)
+{
+	int fd = open(path, O_RDWR);
+	char c;
+
+	assert_true(fd >= 0);
+	assert_int_equal(pread(fd, &c, 1, off), 1);
+	c ^= 0x10;
+	assert_int_equal(pwrite(fd, &c, 1, off), 1);
+	close(fd);
+}
+
+/* Read [off, off+len) with tier_read_range and check the bytes and that
+ * nothing past them was written. */
+static void range_ok(struct tier *t, const struct tier_block *b, const char *data,
+		     uint32_t off, uint32_t len, int verify)
+{
+	uint32_t want = off + len > b->len ? b->len - off : len;
+	char *buf = malloc((size_t)len + 16);
+	int r;
+
+	memset(buf, 0xee, (size_t)len + 16);
+	r = tier_read_range(t, b, off, len, buf, verify);
+	if (r != (int)want)
+		fail_msg("range %u+%u verify %d: %d, want %u", off, len, verify, r, want);
+	assert_memory_equal(buf, data + off, want);
+	for (size_t i = want; i < (size_t)len + 16; i++)
+		assert_int_equal((unsigned char)buf[i], 0xee);
+	free(buf);
+}
+
+static void test_range(void **state)
+{
+	const char *dirs[] = { tmpdir };
+	const uint32_t len = 5 * CH + 1000;       /* short last chunk */
+	char err[256], path[256], *data = pattern(len, 1);
+	struct tier *t;
+	struct tier_block b = mk("range/file", 0, len, 1);
+	struct stat st;
+
+	assert_int_equal(tier_open(&t, TIER_SSD, dirs, 1, err, sizeof(err)), 0);
+	assert_int_equal(tier_write(t, &b, data), 0);
+	block_path(path, sizeof(path), tmpdir, &b, "");
+	assert_int_equal(stat(path, &st), 0);
+	/* data, 6 chunk checksums, file key, footer */
+	assert_int_equal(st.st_size, len + 6 * 8 + 10 + 80);
+	assert_int_equal(tier_block_bytes(len, 10), len + 6 * 8 + 10 + 80);
+	assert_int_equal(tier_block_bytes(CH, 10), CH + 8 + 10 + 80);
+	assert_int_equal(tier_block_bytes(CH + 1, 10), CH + 1 + 16 + 10 + 80);
+	assert_int_equal(tier_block_bytes(0, 10), 10 + 80);
+
+	for (int verify = 0; verify < 2; verify++) {
+		range_ok(t, &b, data, 0, 4096, verify);             /* aligned */
+		range_ok(t, &b, data, CH, CH, verify);              /* one whole chunk */
+		range_ok(t, &b, data, 100, 5000, verify);           /* unaligned */
+		range_ok(t, &b, data, CH - 10, 20, verify);         /* chunk boundary */
+		range_ok(t, &b, data, CH - 1, 2 * CH + 2, verify);  /* four chunks */
+		range_ok(t, &b, data, 0, len, verify);              /* everything */
+		range_ok(t, &b, data, 5 * CH + 10, 900, verify);    /* inside the short chunk */
+		range_ok(t, &b, data, 5 * CH - 7, 10000, verify);   /* clamped at the end */
+		range_ok(t, &b, data, len - 1, 1, verify);
+		range_ok(t, &b, data, len, 4096, verify);           /* at the end: 0 */
+		assert_int_equal(tier_read_range(t, &b, len + 1, 1, data, verify), -EINVAL);
+	}
+
+	/* identity is checked on ranged reads too */
+	struct tier_block other = b;
+	other.index = 1;
+	assert_int_equal(tier_read_range(t, &other, 0, 10, data, 0), -EBADMSG);
+	other = b;
+	other.len = len - 1;     /* a caller with a stale length */
+	assert_int_equal(tier_read_range(t, &other, 0, 10, data, 0), -EBADMSG);
+
+	assert_int_equal(tier_remove(t, &b), 0);
+	assert_int_equal(tier_read_range(t, &b, 0, 10, data, 1), -ENOENT);
+	tier_close(t);
+	free(data);
+}
+
+static void test_range_corruption(void **state)
+{
+	const char *dirs[] = { tmpdir };
+	const uint32_t len = 5 * CH + 1000;
+	char err[256], path[256], *data = pattern(len, 2), *buf = malloc(len);
+	struct tier *t;
+	struct tier_block b = mk("range/bad", 0, len, 2);
+
+	assert_int_equal(tier_open(&t, TIER_SSD, dirs, 1, err, sizeof(err)), 0);
+	assert_int_equal(tier_write(t, &b, data), 0);
+	block_path(path, sizeof(path), tmpdir, &b, "");
+
+	/* a bad byte in chunk 3 */
+	flip(path, 3 * CH + 17);
+	assert_int_equal(tier_read_range(t, &b, 3 * CH, 4096, buf, 1), -EBADMSG);
+	assert_int_equal(tier_read_range(t, &b, 3 * CH + 10, 20, buf, 1), -EBADMSG);
+	assert_int_equal(tier_read_range(t, &b, 3 * CH + 40000, 10, buf, 1), -EBADMSG); /* same chunk */
+	assert_int_equal(tier_read_range(t, &b, 2 * CH, 2 * CH, buf, 1), -EBADMSG);
+	/* other chunks are fine: only the chunks read are verified */
+	range_ok(t, &b, data, 0, 3 * CH, 1);
+	range_ok(t, &b, data, 4 * CH, CH + 1000, 1);
+	range_ok(t, &b, data, 3 * CH - 100, 100, 1);
+	/* unverified reads do not notice; whole reads do */
+	assert_int_equal(tier_read_range(t, &b, 3 * CH, 100, buf, 0), 100);
+	assert_int_equal((unsigned char)buf[17], (unsigned char)(data[3 * CH + 17] ^ 0x10));
+	assert_int_equal(tier_read(t, &b, buf, 1), -EBADMSG);
+	assert_int_equal(tier_read(t, &b, buf, 0), (int)len);
+	flip(path, 3 * CH + 17);                 /* repaired */
+	assert_int_equal(tier_read(t, &b, buf, 1), (int)len);
+	assert_memory_equal(buf, data, len);
+
+	/* a bad chunk table entry: refused on every read, verified or not,
+	 * whichever chunk is read */
+	flip(path, len + 8 * 4 + 3);              /* entry of chunk 4 */
+	assert_int_equal(tier_read_range(t, &b, 0, 10, buf, 0), -EBADMSG);
+	assert_int_equal(tier_read_range(t, &b, 0, 10, buf, 1), -EBADMSG);
+	assert_int_equal(tier_read(t, &b, buf, 0), -EBADMSG);
+	assert_int_equal(tier_read(t, &b, buf, 1), -EBADMSG);
+	/* and discarded at scan */
+	{
+		struct seen s = { 0 };
+		unsigned disc = 0;
+
+		assert_int_equal(tier_scan(t, scan_cb, &s, &disc), 0);
+		assert_int_equal(s.n, 0);
+		assert_int_equal(disc, 1);
+		assert_int_equal(access(path, F_OK), -1);
+	}
+	tier_close(t);
+	free(data);
+	free(buf);
+}
+
 static void test_scan_discards_torn(void **state)
 {
 	const char *dirs[] = { tmpdir };
@@ -160,6 +304,83 @@ static void test_scan_discards_torn(void **state)
 	assert_int_equal(access(path, F_OK), -1);
 	assert_int_equal(access(tmp, F_OK), -1);
 	assert_int_equal(access(foreign, F_OK), 0);
+	tier_close(t);
+	free(data);
+}
+
+/* The version 1 footer, to forge a block file of the old format. */
+struct footer_v1 {
+	uint64_t magic;
+	uint32_t version, len;
+	uint64_t key, seq, index, file_size;
+	int64_t file_mtime_ns;
+	uint64_t checksum;
+	uint32_t key_len, block_size;
+	uint64_t footer_sum;
+};
+
+static void write_file(const char *path, const void *a, size_t alen, const void *b, size_t blen,
+		       const void *c, size_t clen)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, a, alen), (ssize_t)alen);
+	assert_int_equal(write(fd, b, blen), (ssize_t)blen);
+	assert_int_equal(write(fd, c, clen), (ssize_t)clen);
+	close(fd);
+}
+
+/* Files of the old format (no chunk table) and garbage of the right size are
+ * discarded at scan; the cache refills them. */
+static void test_scan_discards_old_format(void **state)
+{
+	const char *dirs[] = { tmpdir };
+	char err[256], path[256], footer[80];
+	char *data = pattern(3 * CH + 5, 3);
+	struct tier *t;
+	struct tier_block good = mk("f", 0, 3 * CH + 5, 300), v1 = mk("f", 1, 1000, 301);
+	struct tier_block stripped = mk("f", 2, 2 * CH, 302), junk = mk("f", 3, 1000, 303);
+	struct footer_v1 f;
+	struct seen s = { 0 };
+	unsigned disc = 0;
+	int fd;
+
+	assert_int_equal(sizeof(f), 80);
+	assert_int_equal(tier_open(&t, TIER_SSD, dirs, 1, err, sizeof(err)), 0);
+	assert_int_equal(tier_write(t, &good, data), 0);
+
+	/* a genuine version 1 block: [data][file key][footer v1] */
+	f = (struct footer_v1){
+		.magic = 0x314b4c4253525a4cULL, .version = 1, .len = v1.len, .key = v1.key,
+		.seq = v1.seq, .index = v1.index, .file_size = v1.file_size,
+		.file_mtime_ns = v1.file_mtime_ns, .checksum = XXH3_64bits(data, v1.len),
+		.key_len = 1, .block_size = v1.block_size,
+	};
+	f.footer_sum = XXH3_64bits(&f, offsetof(struct footer_v1, footer_sum));
+	block_path(path, sizeof(path), tmpdir, &v1, "");
+	write_file(path, data, v1.len, "f", 1, &f, sizeof(f));
+
+	/* a version 2 footer on a v1-sized file (chunk table missing) */
+	assert_int_equal(tier_write(t, &stripped, data), 0);
+	block_path(path, sizeof(path), tmpdir, &stripped, "");
+	fd = open(path, O_RDONLY);
+	assert_int_equal(pread(fd, footer, 80, (off_t)tier_block_bytes(2 * CH, 1) - 80), 80);
+	close(fd);
+	write_file(path, data, 2 * CH, "f", 1, footer, 80);
+
+	/* garbage of exactly the v2 size */
+	block_path(path, sizeof(path), tmpdir, &junk, "");
+	write_file(path, data, 1000, data + 1000, 8 + 1, data + 2000, 80);
+
+	assert_int_equal(tier_scan(t, scan_cb, &s, &disc), 0);
+	assert_int_equal(s.n, 1);
+	assert_int_equal(s.keys[0], good.key);
+	assert_int_equal(disc, 3);
+	block_path(path, sizeof(path), tmpdir, &v1, "");
+	assert_int_equal(access(path, F_OK), -1);
+	block_path(path, sizeof(path), tmpdir, &good, "");
+	assert_int_equal(access(path, F_OK), 0);
 	tier_close(t);
 	free(data);
 }
@@ -260,6 +481,9 @@ int main(void)
 		cmocka_unit_test(test_key),
 		cmocka_unit_test_setup_teardown(test_roundtrip_and_corruption, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_scan_discards_torn, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_range, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_range_corruption, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_scan_discards_old_format, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_open_readonly, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_full_dir, setup, teardown),
