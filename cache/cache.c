@@ -1416,8 +1416,60 @@ static int block_get(struct cache_file *cf, uint64_t index, struct blkbuf **out,
 	return 0;
 }
 
-/* Sequential detection and prefetch queueing (see prefetch.c). */
-static void prefetch_maybe(struct cache_file *cf, uint64_t first, uint64_t last)
+/*
+ * Make sure block `index` gets fetched whole in the background: it is in
+ * flight already, or queue it for the prefetcher when that has room.
+ * Returns 1 when queued here, 0 when already in flight, -EAGAIN when the
+ * prefetcher cannot take it now (or failed on this file recently).
+ */
+static int fill_queue_locked(struct cache *c, struct cmeta *m, uint64_t index)
+{
+	struct flight *f;
+
+	if (flight_find_locked(c, m, index))
+		return 0;
+	if (!m->backend_path || (m->pf_backoff_ns && now_ns() < m->pf_backoff_ns) ||
+	    c->pf_queued + c->pf_inflight >= c->cfg.prefetch_depth)
+		return -EAGAIN;
+	f = flight_new_locked(c, m, index, FL_QUEUED, true);
+	if (!f)
+		return -EAGAIN;
+	list_add_tail(&c->pf_queue, &f->qlink);
+	c->pf_queued++;
+	STAT_ADD(c->st.prefetch_issued, 1);
+	return 1;
+}
+
+/*
+ * A small read that missed, outside a sequential run: fetching the whole
+ * block first would make a 4 KiB random read wait for 4 MiB. Read just the
+ * range from the engine while the prefetcher fills the block behind it, so
+ * the next reads of that block hit. Returns bytes or -errno; -EAGAIN when
+ * the prefetcher is full: the caller fetches the whole block itself then,
+ * so that every block read is also cached.
+ */
+static ssize_t read_direct(struct cache_file *cf, uint64_t index, uint32_t boff, uint32_t len,
+			   void *dst, cache_fetch_fn fetch, void *arg)
+{
+	struct cache *c = cf->c;
+	int queued;
+
+	pthread_mutex_lock(&c->lock);
+	queued = fill_queue_locked(c, cf->meta, index);
+	pthread_mutex_unlock(&c->lock);
+	if (queued < 0)
+		return queued;
+	if (queued)
+		pf_kick(c);
+	STAT_ADD(c->st.misses, 1);
+	STAT_ADD(c->st.lookups, 1);
+	STAT_ADD(c->st.direct_reads, 1);
+	return engine_fetch(c, fetch, arg, dst, len, (off_t)(index * c->bs + boff));
+}
+
+/* Sequential detection and prefetch queueing (see prefetch.c). Returns true
+ * when the read continues a sequential run. */
+static bool prefetch_maybe(struct cache_file *cf, uint64_t first, uint64_t last)
 {
 	struct cache *c = cf->c;
 	struct cmeta *m = cf->meta;
@@ -1460,6 +1512,7 @@ static void prefetch_maybe(struct cache_file *cf, uint64_t first, uint64_t last)
 	pthread_mutex_unlock(&cf->slot_lock);
 	if (queued)
 		pf_kick(c);
+	return cf->seq_run >= 1;
 }
 
 ssize_t cache_read(struct cache_file *cf, void *buf, size_t len, off_t off,
@@ -1467,12 +1520,13 @@ ssize_t cache_read(struct cache_file *cf, void *buf, size_t len, off_t off,
 {
 	struct cache *c = cf->c;
 	size_t done = 0;
+	bool seq;
 
 	if (len == 0 || off < 0)
 		return off < 0 ? -EINVAL : 0;
 	if (c->ntiers == 0)
 		return engine_fetch(c, fetch, arg, buf, len, off);
-	prefetch_maybe(cf, (uint64_t)off / c->bs, ((uint64_t)off + len - 1) / c->bs);
+	seq = prefetch_maybe(cf, (uint64_t)off / c->bs, ((uint64_t)off + len - 1) / c->bs);
 	while (done < len) {
 		uint64_t pos = (uint64_t)off + done;
 		uint64_t index = pos / c->bs;
@@ -1485,15 +1539,19 @@ ssize_t cache_read(struct cache_file *cf, void *buf, size_t len, off_t off,
 		int ret;
 
 		/* a whole block in memory, else just the range from its tier,
-		 * else fetch the whole block */
+		 * else (small and random) the range from the engine, else fetch
+		 * the whole block */
 		b = slot_find(cf, index);
-		if (!b) {
-			n = block_read_tier(cf, index, boff, want, dst, &blen);
-			if (n < 0) {
-				ret = block_get(cf, index, &b, fetch, arg);
-				if (ret < 0)
-					return done ? (ssize_t)done : ret;
-			}
+		if (!b && (n = block_read_tier(cf, index, boff, want, dst, &blen)) < 0) {
+			n = -EAGAIN;
+			if (!seq && c->pf && want <= c->bs / 8)
+				n = read_direct(cf, index, boff, want, dst, fetch, arg);
+			if (n >= 0)
+				blen = (uint32_t)n < want ? boff + (uint32_t)n : c->bs;
+			else if (n != -EAGAIN)
+				return done ? (ssize_t)done : n;
+			else if ((ret = block_get(cf, index, &b, fetch, arg)) < 0)
+				return done ? (ssize_t)done : ret;
 		}
 		if (b) {
 			blen = b->len;

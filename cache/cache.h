@@ -160,8 +160,11 @@ void cache_file_rename(struct cache *c, const char *old_key, const char *new_key
 typedef ssize_t (*cache_fetch_fn)(void *arg, void *buf, size_t len, off_t off);
 
 /*
- * Read [off, off+len) through the cache. Hits come from the tiers (verified),
- * misses are fetched as whole blocks through fetch and stored. Concurrent
+ * Read [off, off+len) through the cache. Hits come from the tiers (only the
+ * 64 KiB chunks covering the range are read and verified), misses are
+ * fetched as whole blocks through fetch and stored. A small miss (at most
+ * 1/8 of a block) outside a sequential run is read from the engine as asked
+ * instead, and the prefetcher (when on) fills the block behind it. Concurrent
  * misses of one block share a single fetch; a reader never waits for a
  * prefetch of a block that is not already in flight. Returns bytes (short at
  * EOF) or -errno from fetch. Thread-safe, many readers at once.
@@ -206,6 +209,7 @@ struct cache_stats {
 	uint64_t lookups, hits, misses, fill_skipped;
 	uint64_t checksum_failures, torn_discarded, invalidations;
 	uint64_t prefetch_issued, prefetch_done, prefetch_failed, prefetch_used, prefetch_wasted;
+	uint64_t direct_reads;      /* small random misses read from the engine as is */
 	uint64_t engine_reads, engine_bytes, engine_ns;
 };
 void cache_get_stats(struct cache *c, struct cache_stats *st);

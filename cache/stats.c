@@ -37,7 +37,7 @@ void cache_get_stats(struct cache *c, struct cache_stats *st)
 	G(lookups); G(hits); G(misses); G(fill_skipped);
 	G(checksum_failures); G(torn_discarded); G(invalidations);
 	G(prefetch_issued); G(prefetch_done); G(prefetch_failed); G(prefetch_used); G(prefetch_wasted);
-	G(engine_reads); G(engine_bytes); G(engine_ns);
+	G(direct_reads); G(engine_reads); G(engine_bytes); G(engine_ns);
 #undef G
 }
 
@@ -113,10 +113,11 @@ int cache_stats_format(struct cache *c, int json, char **out)
 			",\"torn_discarded\":%" PRIu64 ",\"invalidations\":%" PRIu64
 			",\"prefetch\":{\"issued\":%" PRIu64 ",\"completed\":%" PRIu64 ",\"failed\":%" PRIu64
 			",\"used\":%" PRIu64 ",\"wasted\":%" PRIu64 ",\"effectiveness\":%.4f}"
+			",\"direct_reads\":%" PRIu64
 			",\"engine\":{\"reads\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"seconds\":%.6f}}\n",
 			st.lookups, st.hits, st.misses, st.fill_skipped, st.checksum_failures,
 			st.torn_discarded, st.invalidations, st.prefetch_issued, st.prefetch_done,
-			st.prefetch_failed, st.prefetch_used, st.prefetch_wasted, eff,
+			st.prefetch_failed, st.prefetch_used, st.prefetch_wasted, eff, st.direct_reads,
 			st.engine_reads, st.engine_bytes, (double)st.engine_ns / 1e9);
 	} else {
 		fprintf(f, "block_size: %u\ntiers: %zu\n", c->bs, st.ntiers);
@@ -142,10 +143,11 @@ int cache_stats_format(struct cache *c, int json, char **out)
 			"prefetch_issued: %" PRIu64 "\nprefetch_completed: %" PRIu64 "\n"
 			"prefetch_failed: %" PRIu64 "\nprefetch_used: %" PRIu64 "\n"
 			"prefetch_wasted: %" PRIu64 "\nprefetch_effectiveness: %.4f\n"
+			"direct_reads: %" PRIu64 "\n"
 			"engine_reads: %" PRIu64 "\nengine_bytes: %" PRIu64 "\nengine_seconds: %.6f\n",
 			st.lookups, st.hits, st.misses, st.fill_skipped, st.checksum_failures,
 			st.torn_discarded, st.invalidations, st.prefetch_issued, st.prefetch_done,
-			st.prefetch_failed, st.prefetch_used, st.prefetch_wasted, eff,
+			st.prefetch_failed, st.prefetch_used, st.prefetch_wasted, eff, st.direct_reads,
 			st.engine_reads, st.engine_bytes, (double)st.engine_ns / 1e9);
 	}
 	if (fclose(f) != 0) {
@@ -239,6 +241,7 @@ int cache_write_textfile(struct cache *c, const char *path)
 		{ "lazarusfs_cache_prefetch_failed_total", "Prefetches that failed or were cancelled.", st.prefetch_failed },
 		{ "lazarusfs_cache_prefetch_used_total", "Prefetched blocks that a reader used.", st.prefetch_used },
 		{ "lazarusfs_cache_prefetch_wasted_total", "Prefetched blocks dropped unread.", st.prefetch_wasted },
+		{ "lazarusfs_cache_direct_reads_total", "Small random misses read from the engine without fetching the block.", st.direct_reads },
 		{ "lazarusfs_engine_reads_total", "Reads sent to the engine (demand and prefetch).", st.engine_reads },
 		{ "lazarusfs_engine_read_bytes_total", "Bytes read from the engine.", st.engine_bytes },
 	};

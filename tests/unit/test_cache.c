@@ -1015,6 +1015,119 @@ static void test_prefetch_engine_hung(void **state)
 	prefetch_case(p, 0);
 }
 
+/* A small read outside a sequential run misses: only the range asked for
+ * is read from the engine, and the prefetcher fills the block behind it. */
+static void test_random_direct(void **state)
+{
+	const char *o[] = { opt(0, "tier0=MEM:%s:20M", dir0), "prefetch=4", NULL };
+	struct cache *c = mkcache(o);
+	struct backend b;
+	struct cache_file *cf;
+	struct cache_stats st;
+	char path[256], buf[4096];
+	int keep, fd;
+
+	be_init(&b, 8 * BS, 21);
+	snprintf(path, sizeof(path), "%s/random", bedir);
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	assert_int_equal(write(fd, b.data, b.size), (ssize_t)b.size);
+	close(fd);
+	assert_int_equal(cache_file_open(c, "random", b.size, 1, path, &cf, &keep), 0);
+
+	assert_int_equal(cache_read(cf, buf, sizeof(buf), 5 * BS + 100, be_fetch, &b), sizeof(buf));
+	assert_memory_equal(buf, b.data + 5 * BS + 100, sizeof(buf));
+	assert_int_equal(calls(&b), 1);
+	cache_quiesce(c);
+	cache_get_stats(c, &st);
+	assert_int_equal(st.direct_reads, 1);
+	assert_int_equal(st.engine_bytes, sizeof(buf) + BS);   /* the range, then the fill */
+	assert_int_equal(cache_contains(c, "random", 5 * BS, BS), 1);
+
+	/* the next small read of that block is a hit; a big one is not direct */
+	assert_int_equal(cache_read(cf, buf, sizeof(buf), 5 * BS + 9000, be_fetch, &b), sizeof(buf));
+	assert_memory_equal(buf, b.data + 5 * BS + 9000, sizeof(buf));
+	assert_int_equal(calls(&b), 1);
+	{
+		char *big = malloc(BS);
+
+		assert_int_equal(cache_read(cf, big, BS, 2 * BS, be_fetch, &b), BS);
+		assert_memory_equal(big, b.data + 2 * BS, BS);
+		free(big);
+	}
+	cache_get_stats(c, &st);
+	assert_int_equal(st.direct_reads, 1);
+	assert_true(st.hits >= 1);
+	/* a small read at the end of the file is short, not an error */
+	assert_int_equal(cache_read(cf, buf, sizeof(buf), 8 * BS - 10, be_fetch, &b), 10);
+	cache_file_close(cf);
+	cache_free(c);
+	free(b.data);
+}
+
+/* Readers waiting for a block another thread is fetching run the wait hooks
+ * (lazarusfs's hang watch), once per wait, and never while not waiting. */
+static unsigned hook_begin, hook_end;
+
+static void hb(void *arg)
+{
+	assert_ptr_equal(arg, &hook_begin);
+	__atomic_add_fetch(&hook_begin, 1, __ATOMIC_RELAXED);
+}
+
+static void he(void *arg)
+{
+	__atomic_add_fetch(&hook_end, 1, __ATOMIC_RELAXED);
+}
+
+struct reader {
+	struct cache_file *cf;
+	struct backend *b;
+	ssize_t n;
+	char buf[4096];
+};
+
+static void *reader_main(void *arg)
+{
+	struct reader *r = arg;
+
+	r->n = cache_read(r->cf, r->buf, sizeof(r->buf), BS, be_fetch, r->b);
+	return NULL;
+}
+
+static void test_wait_hooks(void **state)
+{
+	const char *o[] = { opt(0, "tier0=MEM:%s:20M", dir0), NULL };
+	struct cache *c = mkcache(o);
+	struct reader r1, r2;
+	struct backend b;
+	pthread_t t1, t2;
+
+	cache_set_wait_hooks(c, hb, he, &hook_begin);
+	be_init(&b, 4 * BS, 22);
+	b.delay_us = 300000;       /* the first reader's fetch takes 300 ms */
+	r1.cf = fopen_(c, "w", &b, 1, NULL);
+	r2.cf = fopen_(c, "w", &b, 1, NULL);
+	r1.b = r2.b = &b;
+	assert_int_equal(pthread_create(&t1, NULL, reader_main, &r1), 0);
+	usleep(100000);
+	assert_int_equal(pthread_create(&t2, NULL, reader_main, &r2), 0);
+	pthread_join(t1, NULL);
+	pthread_join(t2, NULL);
+	assert_int_equal(r1.n, 4096);
+	assert_int_equal(r2.n, 4096);
+	assert_memory_equal(r2.buf, b.data + BS, 4096);
+	assert_int_equal(calls(&b), 1);              /* one fetch, shared */
+	assert_int_equal(hook_begin, 1);             /* the second reader waited */
+	assert_int_equal(hook_end, 1);
+	/* a hit waits for nobody */
+	assert_int_equal(cache_read(r1.cf, r1.buf, 4096, BS, be_fetch, &b), 4096);
+	assert_int_equal(hook_begin, 1);
+	cache_file_close(r1.cf);
+	cache_file_close(r2.cf);
+	cache_free(c);
+	free(b.data);
+}
+
 /* ---- stats, evict, pass-through ---------------------------------------- */
 
 static void test_stats_evict(void **state)
@@ -1128,6 +1241,8 @@ int main(void)
 		T(test_prefetch),
 		T(test_prefetch_engine_gone),
 		T(test_prefetch_engine_hung),
+		T(test_random_direct),
+		T(test_wait_hooks),
 		T(test_stats_evict),
 		T(test_passthrough),
 	};
