@@ -6,7 +6,7 @@
  * Read path for one block (cache_read, block_get):
  *   1. the handle's two-slot buffer (whole blocks fetched by this handle);
  *   2. a live entry: pin it, read and verify just the requested range (its
- *      64 KiB chunks) outside the lock straight into the caller's buffer,
+ *      16 KiB chunks) outside the lock straight into the caller's buffer,
  *      unpin or hand the pin to the promotion queue;
  *   3. a flight for the block: wait for it if it is running, or claim it
  *      and fetch it ourselves if the prefetcher has only queued it;
@@ -1417,20 +1417,21 @@ static int block_get(struct cache_file *cf, uint64_t index, struct blkbuf **out,
 }
 
 /*
- * Make sure block `index` gets fetched whole in the background: it is in
- * flight already, or queue it for the prefetcher when that has room.
- * Returns 1 when queued here, 0 when already in flight, -EAGAIN when the
- * prefetcher cannot take it now (or failed on this file recently).
+ * Have block `index` fetched whole in the background: it is in flight
+ * already, or queue it for the prefetcher. The backlog is bounded (queued
+ * flights hold no buffer, 8 x prefetch_depth of them); past it the block is
+ * left alone, and a later read of it queues it again. Returns 1 when queued
+ * here, 0 when in flight or left alone, -EAGAIN when the prefetcher cannot
+ * read this file (no path, or it failed on it recently).
  */
 static int fill_queue_locked(struct cache *c, struct cmeta *m, uint64_t index)
 {
 	struct flight *f;
 
-	if (flight_find_locked(c, m, index))
-		return 0;
-	if (!m->backend_path || (m->pf_backoff_ns && now_ns() < m->pf_backoff_ns) ||
-	    c->pf_queued + c->pf_inflight >= c->cfg.prefetch_depth)
+	if (!m->backend_path || (m->pf_backoff_ns && now_ns() < m->pf_backoff_ns))
 		return -EAGAIN;
+	if (flight_find_locked(c, m, index) || c->pf_queued + c->pf_inflight >= 2 * c->cfg.prefetch_depth)
+		return 0;
 	f = flight_new_locked(c, m, index, FL_QUEUED, true);
 	if (!f)
 		return -EAGAIN;
@@ -1445,8 +1446,7 @@ static int fill_queue_locked(struct cache *c, struct cmeta *m, uint64_t index)
  * block first would make a 4 KiB random read wait for 4 MiB. Read just the
  * range from the engine while the prefetcher fills the block behind it, so
  * the next reads of that block hit. Returns bytes or -errno; -EAGAIN when
- * the prefetcher is full: the caller fetches the whole block itself then,
- * so that every block read is also cached.
+ * the prefetcher cannot fill it: the caller fetches the whole block itself.
  */
 static ssize_t read_direct(struct cache_file *cf, uint64_t index, uint32_t boff, uint32_t len,
 			   void *dst, cache_fetch_fn fetch, void *arg)

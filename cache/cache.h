@@ -16,7 +16,7 @@
  *    are reserved before a block is written, and are never exceeded;
  *  - blocks being read are pinned and never unlinked under a reader.
  * Blocks read back from SSD/HDD (and MEM when verify_mem is set) are checked
- * against their XXH3 checksums (per 64 KiB chunk, only the chunks read); a
+ * against their XXH3 checksums (per 16 KiB chunk, only the chunks read); a
  * mismatch drops the block, bumps a counter and the data is fetched from the
  * engine instead.
  *
@@ -161,7 +161,7 @@ typedef ssize_t (*cache_fetch_fn)(void *arg, void *buf, size_t len, off_t off);
 
 /*
  * Read [off, off+len) through the cache. Hits come from the tiers (only the
- * 64 KiB chunks covering the range are read and verified), misses are
+ * 16 KiB chunks covering the range are read and verified), misses are
  * fetched as whole blocks through fetch and stored. A small miss (at most
  * 1/8 of a block) outside a sequential run is read from the engine as asked
  * instead, and the prefetcher (when on) fills the block behind it. Concurrent

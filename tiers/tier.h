@@ -43,7 +43,7 @@
 enum tier_medium { TIER_MEM = 0, TIER_SSD = 1, TIER_HDD = 2 };
 
 #define TIER_FOOTER_SIZE 80u
-#define TIER_CHUNK 65536u   /* data bytes per chunk checksum */
+#define TIER_CHUNK 16384u   /* data bytes per chunk checksum */
 #define TIER_MAX_DIRS 16
 #define TIER_KEY_MAX 4096   /* longest file key (relative path) accepted */
 

@@ -570,14 +570,14 @@ static void test_checksum_mem_verify(void **state)
 	checksum_case(o, dir0);
 }
 
-/* A small read of a cached block reads and verifies only the 64 KiB chunks
- * it covers: a bad byte in chunk 10 of a 1 MiB block goes unnoticed by a
- * read in chunk 0, and a read in chunk 10 drops the block and refetches. */
+/* A small read of a cached block reads and verifies only the chunks it
+ * covers: a bad byte in chunk 10 of a 1 MiB block goes unnoticed by a read
+ * in chunk 0, and a read in chunk 10 drops the block and refetches. */
 static void test_checksum_range(void **state)
 {
 	const char *o[] = { opt(0, "tier0=SSD:%s:10M", dir1), "block_size=1M", NULL };
 	struct cache *c = mkcache(o);
-	const off_t at = 10 * 65536 + 1000;
+	const off_t at = 10 * TIER_CHUNK + 1000;
 	struct backend b;
 	struct cache_file *cf;
 	struct cache_stats st;
