@@ -1147,28 +1147,39 @@ void cache_file_rename(struct cache *c, const char *old_key, const char *new_key
 		cache_evict(c, new_key);
 }
 
-int cache_contains(struct cache *c, const char *key, uint64_t off, uint64_t len)
+static int contains_locked(struct cache *c, struct cmeta *m, uint64_t off, uint64_t len)
 {
-	struct cmeta *m;
-	int ret = 1;
-
-	pthread_mutex_lock(&c->lock);
-	m = c->ntiers ? meta_find_locked(c, key, strlen(key)) : NULL;
-	if (!m || !m->attrs_known) {
-		ret = 0;
-		goto out;
-	}
+	if (!m || !m->attrs_known)
+		return 0;
 	if (len == 0)
 		len = m->size > off ? m->size - off : 0;
 	if (off + len > m->size)
 		len = m->size > off ? m->size - off : 0;
-	for (uint64_t b = off / c->bs; len && b <= (off + len - 1) / c->bs; b++) {
-		if (!entry_lookup_locked(c, m, b)) {
-			ret = 0;
-			break;
-		}
-	}
-out:
+	for (uint64_t b = off / c->bs; len && b <= (off + len - 1) / c->bs; b++)
+		if (!entry_lookup_locked(c, m, b))
+			return 0;
+	return 1;
+}
+
+int cache_contains(struct cache *c, const char *key, uint64_t off, uint64_t len)
+{
+	int ret;
+
+	pthread_mutex_lock(&c->lock);
+	ret = contains_locked(c, c->ntiers ? meta_find_locked(c, key, strlen(key)) : NULL, off, len);
+	pthread_mutex_unlock(&c->lock);
+	return ret;
+}
+
+int cache_holds_file(struct cache *c, const char *key, uint64_t size, int64_t mtime_ns)
+{
+	struct cmeta *m;
+	int ret;
+
+	pthread_mutex_lock(&c->lock);
+	m = c->ntiers ? meta_find_locked(c, key, strlen(key)) : NULL;
+	ret = m && m->attrs_known && m->rec_size == size && m->size == size &&
+	      m->rec_mtime_ns == mtime_ns && contains_locked(c, m, 0, 0);
 	pthread_mutex_unlock(&c->lock);
 	return ret;
 }

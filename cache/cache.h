@@ -196,6 +196,10 @@ int cache_evict(struct cache *c, const char *key_prefix);
 /* 1 when every block of [off, off+len) of key is cached (len 0 = up to the
  * recorded file size), else 0. For resumable warmup. */
 int cache_contains(struct cache *c, const char *key, uint64_t off, uint64_t len);
+/* 1 when the cache recorded exactly these attributes for key and holds
+ * every block of it, so that cache_file_open() with them keeps them all and
+ * reads never need the engine; else 0. */
+int cache_holds_file(struct cache *c, const char *key, uint64_t size, int64_t mtime_ns);
 
 /* Counters for tests and tools. */
 struct cache_tier_stats {

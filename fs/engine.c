@@ -353,6 +353,16 @@ bool fs_engine_running(struct fs_engine *e)
 	return r;
 }
 
+bool fs_engine_offline(struct fs_engine *e)
+{
+	bool r;
+
+	pthread_mutex_lock(&e->lock);
+	r = e->state == FS_ENGINE_RECOVERING || e->state == FS_ENGINE_FAILED;
+	pthread_mutex_unlock(&e->lock);
+	return r;
+}
+
 void fs_engine_count_handle(struct fs_engine *e, int delta)
 {
 	pthread_mutex_lock(&e->lock);

@@ -27,6 +27,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include "cache/cache.h"
@@ -217,6 +218,13 @@ void fs_inode_drop_name(struct fs_inode_table *t, uint64_t ino);
 void fs_inode_set_silly(struct fs_inode_table *t, uint64_t ino, bool silly);
 bool fs_inode_is_silly(struct fs_inode_table *t, uint64_t ino);
 size_t fs_inode_count(struct fs_inode_table *t);
+/*
+ * Last attributes seen for `ino` (kept only when set, i.e. with the block
+ * cache on): served while the engine is down.  attr_get returns 0, or
+ * -ENOENT when none were recorded or the inode has no name any more.
+ */
+void fs_inode_attr_set(struct fs_inode_table *t, uint64_t ino, const struct stat *st);
+int fs_inode_attr_get(struct fs_inode_table *t, uint64_t ino, struct stat *st);
 
 /* Names used for silly renames; hidden from readdir and lookup. */
 #define FS_SILLY_PREFIX ".lazarusfs-silly-"

@@ -82,6 +82,9 @@ void fs_engine_leave(struct fs_engine *e, struct fs_backend *b);
  */
 bool fs_engine_lost(struct fs_engine *e, struct fs_backend *b, int err);
 bool fs_engine_running(struct fs_engine *e);
+/* True while the engine is lost or failed to start: restarting, backing
+ * off, or given up on (not when stopped for idleness). */
+bool fs_engine_offline(struct fs_engine *e);
 /* Raise the readahead of the FUSE mount at path to 4 MiB (best effort). */
 void fs_tune_readahead(const char *path);
 /* Watch the calling thread for hangs (a backend call outside enter/leave,

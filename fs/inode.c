@@ -40,6 +40,7 @@ struct fs_inode {
 	int64_t nopen;
 	uint64_t nchild;
 	bool silly;
+	struct stat *attr;      /* last attributes seen (fs_inode_attr_set), or NULL */
 	struct fs_inode *next_id;
 	struct fs_inode *next_name;
 };
@@ -152,6 +153,7 @@ static void maybe_free(struct fs_inode_table *t, struct fs_inode *in)
 	*pp = in->next_id;
 	t->count--;
 	detach(t, in);
+	free(in->attr);
 	free(in);
 }
 
@@ -233,6 +235,7 @@ void fs_inode_table_free(struct fs_inode_table *t)
 		for (; i; i = next) {
 			next = i->next_id;
 			free(i->name);
+			free(i->attr);
 			free(i);
 		}
 	}
@@ -595,6 +598,34 @@ void fs_inode_set_silly(struct fs_inode_table *t, uint64_t ino, bool silly)
 	if (in)
 		in->silly = silly;
 	pthread_rwlock_unlock(&t->lock);
+}
+
+void fs_inode_attr_set(struct fs_inode_table *t, uint64_t ino, const struct stat *st)
+{
+	struct fs_inode *in;
+
+	pthread_rwlock_wrlock(&t->lock);
+	in = get(t, ino);
+	if (in && !in->attr)
+		in->attr = malloc(sizeof(*in->attr));
+	if (in && in->attr)
+		*in->attr = *st;
+	pthread_rwlock_unlock(&t->lock);
+}
+
+int fs_inode_attr_get(struct fs_inode_table *t, uint64_t ino, struct stat *st)
+{
+	struct fs_inode *in;
+	int ret = -ENOENT;
+
+	pthread_rwlock_rdlock(&t->lock);
+	in = get(t, ino);
+	if (in && in->attr && in->name) {
+		*st = *in->attr;
+		ret = 0;
+	}
+	pthread_rwlock_unlock(&t->lock);
+	return ret;
 }
 
 bool fs_inode_is_silly(struct fs_inode_table *t, uint64_t ino)

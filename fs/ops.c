@@ -205,6 +205,8 @@ static int make_entry(struct fs *fs, uint64_t parent, const char *name,
 	e->ino = fs_inode_lookup(fs->inodes, parent, name, st->st_mode, 1, &err);
 	if (!e->ino)
 		return err;
+	if (fs->cache)
+		fs_inode_attr_set(fs->inodes, e->ino, st);
 	fill_attr(fs, e->ino, st);
 	e->attr = *st;
 	e->attr_timeout = fs->o->attr_timeout;
@@ -224,6 +226,19 @@ static void reply_entry(fuse_req_t req, struct fs *fs, uint64_t parent,
 		fs_inode_forget(fs->inodes, e.ino, 1);  /* interrupted */
 }
 
+/*
+ * Offline service (block cache only): while the engine is lost or failing
+ * to start, lookups and getattrs of known inodes are answered with the last
+ * attributes seen, and files wholly in the cache open without the engine
+ * (offline_open), so reads of cached data go on through an outage instead
+ * of waiting for it.  True with *st filled when that applies to `ino`.
+ */
+static bool offline_attr(struct fs *fs, uint64_t ino, struct stat *st)
+{
+	return fs->cache && ino && fs_engine_offline(fs->engine) &&
+	       !fs_inode_attr_get(fs->inodes, ino, st);
+}
+
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct fs *fs = req_fs(req);
@@ -237,6 +252,8 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		goto out;
 	}
 	if ((ret = fs_inode_path(fs->inodes, parent, name, rel, sizeof(rel))))
+		goto out;
+	if (offline_attr(fs, fs_inode_find(fs->inodes, parent, name), &st))
 		goto out;
 	do {
 		if ((ret = call_enter(&c)))
@@ -294,6 +311,8 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		fuse_reply_attr(req, &st, 0);
 		return;
 	}
+	if (offline_attr(fs, ino, &st))
+		goto reply;
 	if ((ret = fs_inode_path(fs->inodes, ino, NULL, rel, sizeof(rel))))
 		goto out;
 	do {
@@ -308,6 +327,9 @@ out:
 	}
 	if (ino == FS_ROOT_INO)
 		remember_root(fs, &st);
+	if (fs->cache)
+		fs_inode_attr_set(fs->inodes, ino, &st);
+reply:
 	fill_attr(fs, ino, &st);
 	fuse_reply_attr(req, &st, fs->o->attr_timeout);
 }
@@ -980,6 +1002,32 @@ out:
 
 /* -------------------------------------------------------------- files */
 
+/*
+ * A read-only open of a file wholly in the block cache while the engine is
+ * offline: a handle without a backend fd, of generation 0, so that cache
+ * hits serve every read and anything that needs the engine reopens the file
+ * by path once it is back, as for any handle after a restart.  *st gets the
+ * attributes the cache was checked against.  NULL: take the normal path.
+ */
+static struct fs_handle *offline_handle(struct fs *fs, uint64_t ino, const char *rel,
+					struct fuse_file_info *fi, struct stat *st)
+{
+	struct fs_handle *h;
+
+	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC) ||
+	    !offline_attr(fs, ino, st) || !S_ISREG(st->st_mode) ||
+	    !cache_holds_file(fs->cache, rel, st->st_size, mtime_ns(st)))
+		return NULL;
+	h = fs_handle_alloc(ino, fi->flags, false, fs->journal_dir, fs->o->journal_mem);
+	if (!h)
+		return NULL;
+	pthread_rwlock_init(&h->cflock, NULL);
+	h->fd = -1;
+	h->gen = 0;
+	fs_log(FS_LOG_DEBUG, "%s: opened from the cache, engine offline", rel);
+	return h;
+}
+
 static void open_common(fuse_req_t req, fuse_ino_t parent, const char *name,
 			fuse_ino_t ino, mode_t mode, struct fuse_file_info *fi)
 {
@@ -1001,6 +1049,8 @@ static void open_common(fuse_req_t req, fuse_ino_t parent, const char *name,
 		ret = fs_inode_path(fs->inodes, parent, NULL, prel, sizeof(prel));
 	if (ret)
 		goto out;
+	if (!creating && (h = offline_handle(fs, ino, rel, fi, &st)))
+		goto opened;
 	do {
 		/* O_APPEND is left to the kernel's offsets, so that a journal
 		 * replay writes where the data went the first time */
@@ -1058,6 +1108,7 @@ static void open_common(fuse_req_t req, fuse_ino_t parent, const char *name,
 		}
 		return;
 	}
+opened:
 	if ((ret = add_handle(fs, h, fi)))
 		goto out;
 	cache_attach(fs, h, rel, &st, fi);

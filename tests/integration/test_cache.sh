@@ -9,6 +9,8 @@
 #  - writes, truncates and renames through the mount are read back right;
 #  - a file changed behind the proxy's back is read anew after reopen;
 #  - a restarted proxy finds its cache warm (hits, no misses);
+#  - with the engine down for good (bindfs: its source is gone), files
+#    wholly in the cache still open and read, uncached ones fail;
 #  - a 16 MiB tmpfs tier fills and evicts without errors while 64 MiB of
 #    files are read;
 #  - evict drops blocks, the Prometheus textfile is written.
@@ -148,6 +150,37 @@ for kind in bindfs sshfs; do
 	[ "$hits" -gt 0 ] && [ "$misses" -eq 0 ] || fail "cache cold after restart"
 	fusermount3 -u "$mnt" || fail "unmount"
 	wait_for 10 no_procs "$T/state" || fail "processes left after unmount"
+
+	if [ $kind = bindfs ]; then
+		# the source directory disappears, so every restart of bindfs
+		# fails: the engine stays offline, backing off
+		echo "== $kind: engine offline for good: cached files still open and read"
+		lz_mount "$(engine_source $kind "$src")" "$mnt" "$opts,recovery_timeout=3"
+		wait_for 10 ctl_ready "$mnt" || fail "no control socket"
+		lz_ctl warmup "$mnt" a.bin d >/dev/null || fail "warmup before the outage"
+		lz_ctl evict "$mnt" b.bin >/dev/null || fail "evict b.bin"
+		stat "$mnt/b.bin" >/dev/null || fail "stat b.bin"
+		mv "$src" "$src.away"
+		lz_kill_engine "$mnt"
+		wait_for 5 sh -c "[ \"\$($LAZARUSCTL --state-dir $LZ_STATE status $mnt | sed -n 's/^state: //p')\" = recovering ]" ||
+			fail "engine not offline: $(lz_status "$mnt" state)"
+		sleep 1.2       # the kernel's entry and attribute caches expire
+		t0=$(date +%s%N)
+		same_tree "$src.away" "$mnt" a.bin d/c.bin d/c2.bin d/e.bin
+		ms=$((($(date +%s%N) - t0) / 1000000))
+		echo "cached files opened and read with the engine offline in $ms ms"
+		[ $ms -lt 2500 ] || fail "cached reads waited for the engine ($ms ms)"
+		[ "$(lz_status "$mnt" state)" = recovering ] || fail "the engine came back too early"
+		if out=$(cat "$mnt/b.bin" 2>&1 >/dev/null); then
+			fail "an uncached file was read with the engine offline"
+		fi
+		echo "uncached file: $out"
+		mv "$src.away" "$src"
+		wait_for 40 lz_engine_running "$mnt" || fail "engine not back"
+		same_tree "$src" "$mnt" a.bin b.bin d/e.bin
+		fusermount3 -u "$mnt" || fail "unmount"
+		wait_for 10 no_procs "$T/state" || fail "processes left after unmount"
+	fi
 
 	echo "== $kind: 16 MiB tmpfs tier, 64 MiB of files"
 	tiny=$T/tiny-$kind mnt2=$T/mnt2-$kind

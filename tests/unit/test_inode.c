@@ -426,6 +426,34 @@ static void test_unlink(void **state)
 	assert_int_equal(fs_inode_count(t), 2);
 }
 
+/* Last-seen attributes: kept per inode, follow renames, gone with the name
+ * and freed with the inode (the sanitizer build checks the frees). */
+static void test_attr(void **state)
+{
+	struct fs_inode_table *t = *state;
+	uint64_t d = look(t, FS_ROOT_INO, "d", S_IFDIR, 1);
+	uint64_t f = look(t, d, "f", S_IFREG, 1);
+	struct stat st = { .st_mode = S_IFREG | 0644, .st_size = 12345 }, got;
+
+	assert_int_equal(fs_inode_attr_get(t, f, &got), -ENOENT);
+	fs_inode_attr_set(t, f, &st);
+	st.st_size = 777;
+	fs_inode_attr_set(t, f, &st);            /* replaced, not leaked */
+	memset(&got, 0, sizeof(got));
+	assert_int_equal(fs_inode_attr_get(t, f, &got), 0);
+	assert_int_equal(got.st_size, 777);
+	assert_int_equal(got.st_mode, S_IFREG | 0644);
+	assert_int_equal(fs_inode_attr_get(t, 999999, &got), -ENOENT);
+	fs_inode_rename(t, d, "f", FS_ROOT_INO, "g");
+	assert_int_equal(fs_inode_attr_get(t, f, &got), 0);
+	assert_int_equal(fs_inode_open(t, f), 0);
+	fs_inode_unlink(t, FS_ROOT_INO, "g");     /* no name: no attributes */
+	assert_int_equal(fs_inode_attr_get(t, f, &got), -ENOENT);
+	assert_int_equal(fs_inode_close(t, f), 0);
+	fs_inode_forget(t, f, 1);                 /* freed with its attributes */
+	fs_inode_attr_set(t, d, &st);             /* freed by the table */
+}
+
 static void test_type_change(void **state)
 {
 	struct fs_inode_table *t = *state;
@@ -721,6 +749,7 @@ int main(void)
 		T(test_rename_to_unknown_parent_target_only),
 		T(test_exchange),
 		T(test_unlink),
+		T(test_attr),
 		T(test_type_change),
 		T(test_type_change_under_forgotten_dir),
 		T(test_silly),
