@@ -54,6 +54,13 @@
  * for FUSE_CAP_AUTO_INVAL_DATA: it would send a GETATTR (to the engine) on
  * reads every attr_timeout, and the cache already gives close-to-open
  * consistency.
+ *
+ * Offline service: with the cache on, each inode keeps the last attributes
+ * seen.  While the engine is lost or cannot be restarted, lookups and
+ * getattrs of known inodes are answered from them, and a read-only open of
+ * a file wholly in the cache gets a handle of generation 0 with no backend
+ * fd: its reads are cache hits, and handle_enter() reopens it by path once
+ * the engine is back, exactly as after a restart.
  */
 #include "config.h"
 
@@ -230,7 +237,7 @@ static void reply_entry(fuse_req_t req, struct fs *fs, uint64_t parent,
  * Offline service (block cache only): while the engine is lost or failing
  * to start, lookups and getattrs of known inodes are answered with the last
  * attributes seen, and files wholly in the cache open without the engine
- * (offline_open), so reads of cached data go on through an outage instead
+ * (offline_handle), so reads of cached data go on through an outage instead
  * of waiting for it.  True with *st filled when that applies to `ino`.
  */
 static bool offline_attr(struct fs *fs, uint64_t ino, struct stat *st)
