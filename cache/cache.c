@@ -1446,6 +1446,7 @@ static int fill_queue_locked(struct cache *c, struct cmeta *m, uint64_t index)
 	f = flight_new_locked(c, m, index, FL_QUEUED, true);
 	if (!f)
 		return -EAGAIN;
+	f->fill = true;
 	list_add_tail(&c->pf_queue, &f->qlink);
 	c->pf_queued++;
 	STAT_ADD(c->st.prefetch_issued, 1);
@@ -1455,9 +1456,11 @@ static int fill_queue_locked(struct cache *c, struct cmeta *m, uint64_t index)
 /*
  * A small read that missed, outside a sequential run: fetching the whole
  * block first would make a 4 KiB random read wait for 4 MiB. Read just the
- * range from the engine while the prefetcher fills the block behind it, so
- * the next reads of that block hit. Returns bytes or -errno; -EAGAIN when
- * the prefetcher cannot fill it: the caller fetches the whole block itself.
+ * range from the engine, and queue the block for a background fill, which
+ * the prefetcher starts only once direct reads pause (prefetch.c): over an
+ * engine with one pipe (sshfs, a remote store) a 4 MiB fill in flight would
+ * stall every small read queued behind it. Returns bytes or -errno; -EAGAIN
+ * when the prefetcher cannot fill it: the caller fetches the whole block.
  */
 static ssize_t read_direct(struct cache_file *cf, uint64_t index, uint32_t boff, uint32_t len,
 			   void *dst, cache_fetch_fn fetch, void *arg)
@@ -1470,6 +1473,7 @@ static ssize_t read_direct(struct cache_file *cf, uint64_t index, uint32_t boff,
 	pthread_mutex_unlock(&c->lock);
 	if (queued < 0)
 		return queued;
+	__atomic_store_n(&c->last_direct_ns, now_ns(), __ATOMIC_RELAXED);
 	if (queued)
 		pf_kick(c);
 	STAT_ADD(c->st.misses, 1);

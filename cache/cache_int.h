@@ -107,6 +107,8 @@ struct flight {
 	uint64_t index, gen;
 	enum flight_state state;
 	bool prefetch;         /* started by the prefetcher */
+	bool fill;             /* queued behind a small random read: started
+				* only while no direct read is recent */
 	bool pf_taken;         /* popped by the prefetch thread (which holds a ref) */
 	bool used;             /* a reader consumed the prefetched data */
 	int res;               /* 0 or -errno once FL_DONE */
@@ -165,6 +167,7 @@ struct cache {
 	/* prefetch (prefetch.c); queue and counters protected by lock */
 	struct list pf_queue;
 	unsigned pf_queued, pf_inflight;
+	uint64_t last_direct_ns;    /* atomic: monotonic time of the last direct read */
 	struct pf_state *pf;
 
 	struct cache_stats st;      /* counters, updated with STAT_ADD */

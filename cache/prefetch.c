@@ -36,6 +36,7 @@
 #define PF_MAX_FILES 8
 #define PF_GRACE_NS (5ULL * 1000000000ULL)
 #define PF_BACKOFF_NS (5ULL * 1000000000ULL)  /* after an engine error */
+#define PF_FILL_IDLE_NS (100ULL * 1000000ULL)  /* quiet time before fills start */
 
 struct pf_file {
 	struct cmeta *meta;   /* holds a meta reference */
@@ -414,17 +415,22 @@ static void *pf_main(void *arg)
 
 	pf_arm_wake(p);
 	for (;;) {
-		struct list cancel;
+		struct list *l, *next;
+		bool stop, fills_wait;
 		unsigned n = 0;
-		bool stop;
 
-		list_init(&cancel);
 		pthread_mutex_lock(&c->lock);
 		stop = p->stop;
-		while (!list_empty(&c->pf_queue) && n < 64 &&
-		       (stop || c->pf_inflight < c->cfg.prefetch_depth)) {
-			struct flight *f = container_of(c->pf_queue.next, struct flight, qlink);
+		/* fills yield to small reads that go to the engine directly */
+		fills_wait = !stop && now_ns() - __atomic_load_n(&c->last_direct_ns, __ATOMIC_RELAXED) <
+				      PF_FILL_IDLE_NS;
+		for (l = c->pf_queue.next; l != &c->pf_queue && n < 64 &&
+		     (stop || c->pf_inflight < c->cfg.prefetch_depth); l = next) {
+			struct flight *f = container_of(l, struct flight, qlink);
 
+			next = l->next;
+			if (f->fill && fills_wait)
+				continue;
 			list_del(&f->qlink);
 			c->pf_queued--;
 			c->pf_inflight++;
@@ -447,7 +453,7 @@ static void *pf_main(void *arg)
 			if (n)
 				continue;    /* drain the whole queue first */
 			/* give in-flight reads one second, then abandon them */
-			for (struct list *l = p->reads.next; l != &p->reads; l = l->next) {
+			for (l = p->reads.next; l != &p->reads; l = l->next) {
 				struct pf_req *r = container_of(l, struct pf_req, link);
 
 				if (r->deadline > soon)
@@ -456,7 +462,7 @@ static void *pf_main(void *arg)
 			if (!p->nreads)
 				break;
 		}
-		pf_wait(p, 1000);
+		pf_wait(p, fills_wait ? 50 : 1000);
 	}
 	while (!list_empty(&p->files))
 		pf_file_drop(p, container_of(p->files.next, struct pf_file, link));

@@ -126,6 +126,9 @@ def stat(mnt, state, key):
     if key.startswith("tier") and "." in key:
         t, field = key.split(".", 1)
         print(st["tiers"][int(t[4:])][field])
+    elif "." in key:                      # e.g. engine.bytes
+        group, field = key.split(".", 1)
+        print(st[group][field])
     else:
         print(st[key])
 
