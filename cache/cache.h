@@ -164,7 +164,8 @@ typedef ssize_t (*cache_fetch_fn)(void *arg, void *buf, size_t len, off_t off);
  * 16 KiB chunks covering the range are read and verified), misses are
  * fetched as whole blocks through fetch and stored. A small miss (at most
  * 1/8 of a block) outside a sequential run is read from the engine as asked
- * instead, and the prefetcher (when on) fills the block behind it. Concurrent
+ * instead, and the prefetcher (when on) fills the block once such reads
+ * pause. Concurrent
  * misses of one block share a single fetch; a reader never waits for a
  * prefetch of a block that is not already in flight. Returns bytes (short at
  * EOF) or -errno from fetch. Thread-safe, many readers at once.
