@@ -85,7 +85,7 @@ bool fs_engine_running(struct fs_engine *e);
 /* True while the engine is lost or failed to start: restarting, backing
  * off, or given up on (not when stopped for idleness). */
 bool fs_engine_offline(struct fs_engine *e);
-/* Raise the readahead of the FUSE mount at path to 4 MiB (best effort). */
+/* Raise the readahead of the FUSE mount at path to 1 MiB (best effort). */
 void fs_tune_readahead(const char *path);
 /* Watch the calling thread for hangs (a backend call outside enter/leave,
  * such as closing a backend fd) until fs_engine_watch_end(). */
