@@ -52,6 +52,8 @@ fail() {
 		tail -n 30 "$LZ_STATE"/*/lazarusfs.log 2>/dev/null
 		echo "--- engine.log (tail)"
 		tail -n 10 "$LZ_STATE"/*/engine.log 2>/dev/null
+		# again, so that the last lines of the log (all tests/run shows) say it
+		echo "FAIL: $*"
 	fi
 	exit 1
 }
