@@ -355,15 +355,26 @@ static struct flight *flight_new_locked(struct cache *c, struct cmeta *m, uint64
 	return f;
 }
 
+/* A successful flight stays findable (FL_DONE, with its data) until its
+ * owner has stored the block and calls flight_finish(): a reader that comes
+ * in between takes the data instead of fetching the block a second time. A
+ * failed one is unlisted at once, so that the next reader tries again. */
 void flight_complete(struct cache *c, struct flight *f, int res, struct blkbuf *buf)
 {
 	pthread_mutex_lock(&c->lock);
 	f->state = FL_DONE;
 	f->res = res;
 	f->buf = res == 0 ? blkbuf_get(buf) : NULL;
-	list_del(&f->link);
+	if (res != 0)
+		list_del(&f->link);
 	pthread_cond_broadcast(&c->flight_cv);
 	pthread_mutex_unlock(&c->lock);
+}
+
+void flight_finish_locked(struct cache *c, struct flight *f)
+{
+	list_del(&f->link);
+	flight_put_locked(c, f);
 }
 
 void flight_put_locked(struct cache *c, struct flight *f)
@@ -1421,7 +1432,9 @@ static int block_get(struct cache_file *cf, uint64_t index, struct blkbuf **out,
 	flight_complete(c, f, 0, buf);
 	if (buf->len)
 		block_store(c, m, index, f->gen, buf->data, buf->len, NULL);
-	flight_put(c, f);
+	pthread_mutex_lock(&c->lock);
+	flight_finish_locked(c, f);
+	pthread_mutex_unlock(&c->lock);
 	slot_set(cf, index, gen, buf);
 	*out = buf;
 	return 0;
@@ -1466,10 +1479,13 @@ static ssize_t read_direct(struct cache_file *cf, uint64_t index, uint32_t boff,
 			   void *dst, cache_fetch_fn fetch, void *arg)
 {
 	struct cache *c = cf->c;
+	struct cmeta *m = cf->meta;
 	int queued;
 
 	pthread_mutex_lock(&c->lock);
-	queued = fill_queue_locked(c, cf->meta, index);
+	/* a short last block costs no more whole than the range: fetch and
+	 * store it now rather than read it twice */
+	queued = m->size - index * c->bs <= c->bs / 8 ? -EAGAIN : fill_queue_locked(c, m, index);
 	pthread_mutex_unlock(&c->lock);
 	if (queued < 0)
 		return queued;

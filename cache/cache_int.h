@@ -203,6 +203,7 @@ struct flight *flight_find_locked(struct cache *c, struct cmeta *m, uint64_t ind
 void flight_put(struct cache *c, struct flight *f);
 void flight_put_locked(struct cache *c, struct flight *f);
 void flight_complete(struct cache *c, struct flight *f, int res, struct blkbuf *buf);
+void flight_finish_locked(struct cache *c, struct flight *f);
 int block_store(struct cache *c, struct cmeta *m, uint64_t index, uint64_t gen,
 		const void *data, uint32_t len, struct flight *pf);
 uint64_t now_ns(void);

@@ -266,7 +266,7 @@ static void pf_flight_done(struct pf_state *p, struct flight *f, int res, struct
 		f->meta->pf_backoff_ns = now_ns() + PF_BACKOFF_NS;
 	c->pf_inflight--;
 	pthread_cond_broadcast(&c->idle_cv);
-	flight_put_locked(c, f);
+	flight_finish_locked(c, f);
 	flight_put_locked(c, f);
 	pthread_mutex_unlock(&c->lock);
 }
