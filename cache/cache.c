@@ -605,9 +605,32 @@ static void move_block_locked(struct cache *c, struct centry *e, size_t j, struc
 	}
 }
 
-/* One unit of mover work; returns true if it did something. Lock held. */
+/* Store the oldest prefetched block waiting in store_q, if any; returns
+ * true if there was one. Called and returns with the lock held. */
+static bool store_step_locked(struct cache *c)
+{
+	struct flight *f;
+
+	if (list_empty(&c->store_q))
+		return false;
+	f = container_of(c->store_q.next, struct flight, qlink);
+	list_del(&f->qlink);
+	pthread_mutex_unlock(&c->lock);
+	block_store(c, f->meta, f->index, f->gen, f->buf->data, f->buf->len, f);
+	pthread_mutex_lock(&c->lock);
+	c->pf_inflight--;
+	pthread_cond_broadcast(&c->idle_cv);
+	flight_finish_locked(c, f);
+	pf_kick_locked(c);        /* it may be waiting for room under prefetch_depth */
+	return true;
+}
+
+/* One unit of mover work; returns true if it did something. Lock held.
+ * Stores come first: they hold prefetch buffers and prefetch depth. */
 static bool mover_step_locked(struct cache *c)
 {
+	if (store_step_locked(c))
+		return true;
 	for (size_t k = c->ntiers; k-- > 0;) {
 		struct ctier *t = &c->tiers[k];
 		struct centry *e;
@@ -887,6 +910,7 @@ int cache_new(struct cache **out, const struct cache_config *cfg, const char *st
 	pthread_cond_init(&c->mover_cv, NULL);
 	pthread_cond_init(&c->idle_cv, NULL);
 	list_init(&c->flights);
+	list_init(&c->store_q);
 	list_init(&c->pf_queue);
 	for (size_t i = 0; i < CACHE_MAX_TIERS; i++)
 		list_init(&c->tiers[i].lru);
@@ -984,6 +1008,10 @@ void cache_free(struct cache *c)
 	pthread_mutex_unlock(&c->lock);
 	if (had_mover)
 		pthread_join(c->mover, NULL);
+	pthread_mutex_lock(&c->lock);
+	while (store_step_locked(c))
+		;
+	pthread_mutex_unlock(&c->lock);
 	while (c->promo_n) {
 		struct promo p = c->promos[c->promo_head];
 		struct list reap;

@@ -21,7 +21,8 @@
  * engine instead.
  *
  * Threads: cache_new() starts a mover thread and, when prefetch > 0, a
- * prefetch thread. Every public function is thread-safe. Internally one
+ * prefetch thread, which reads blocks ahead and leaves storing them to the
+ * mover (a stored-to-be block serves readers from memory). Every public function is thread-safe. Internally one
  * mutex (struct cache.lock) guards the index, LRU lists, quota accounting
  * and file records; it is never held across I/O. Lock order:
  * cache_file.slot_lock -> cache.lock; prefetch queue lock is a leaf.

@@ -115,7 +115,8 @@ struct flight {
 	struct blkbuf *buf;    /* data once FL_DONE and res == 0 */
 	unsigned refs;
 	struct list link;      /* cache.flights */
-	struct list qlink;     /* cache.pf_queue while FL_QUEUED */
+	struct list qlink;     /* cache.pf_queue while FL_QUEUED, then
+				* cache.store_q while its block waits to be stored */
 };
 
 struct ctier {
@@ -167,6 +168,9 @@ struct cache {
 	/* prefetch (prefetch.c); queue and counters protected by lock */
 	struct list pf_queue;
 	unsigned pf_queued, pf_inflight;
+	/* prefetched flights (FL_DONE, via flight.qlink) that the mover stores
+	 * in a tier; they count in pf_inflight until stored */
+	struct list store_q;
 	uint64_t last_direct_ns;    /* atomic: monotonic time of the last direct read */
 	struct pf_state *pf;
 
@@ -212,5 +216,6 @@ uint64_t now_ns(void);
 int pf_start(struct cache *c, char *err, size_t errlen);
 void pf_stop(struct cache *c);
 void pf_kick(struct cache *c);
+void pf_kick_locked(struct cache *c);
 
 #endif

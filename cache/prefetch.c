@@ -4,7 +4,9 @@
  * reads sequentially (cache.c: prefetch_maybe); this thread starts up to
  * prefetch_depth of them at once as whole-block reads of the backend file,
  * which it opens itself (O_RDONLY, through the ring) and keeps open in a
- * small LRU of files.
+ * small LRU of files. A finished read goes to cache.store_q for the mover
+ * to write to a tier, so that this thread keeps the engine busy; it counts
+ * against prefetch_depth until stored, which bounds the queue.
  *
  * Every open and read is linked to an IORING_OP_LINK_TIMEOUT of
  * prefetch_timeout seconds, so a hung engine cancels them; a request whose
@@ -248,19 +250,31 @@ static bool pf_own(struct pf_state *p, struct flight *f)
 	return own;
 }
 
-/* The flight we own is over: complete it, store the block, drop the owner
- * and prefetcher references. */
+/* The flight we own is over: complete it, have the mover store the block
+ * (this thread goes on reading meanwhile; the flight serves readers until
+ * then), drop the prefetcher reference. Without a mover, or for a failed
+ * read, store here and drop the owner reference too. */
 static void pf_flight_done(struct pf_state *p, struct flight *f, int res, struct blkbuf *buf)
 {
 	struct cache *c = p->c;
+	bool store = res == 0 && buf && buf->len;
 
 	flight_complete(c, f, res, buf);
-	if (res == 0 && buf && buf->len)
-		block_store(c, f->meta, f->index, f->gen, buf->data, buf->len, f);
 	if (res == 0)
 		STAT_ADD(c->st.prefetch_done, 1);
 	else
 		STAT_ADD(c->st.prefetch_failed, 1);
+	pthread_mutex_lock(&c->lock);
+	if (store && c->running) {
+		list_add_tail(&c->store_q, &f->qlink);   /* takes the owner reference */
+		pthread_cond_signal(&c->mover_cv);
+		flight_put_locked(c, f);
+		pthread_mutex_unlock(&c->lock);
+		return;
+	}
+	pthread_mutex_unlock(&c->lock);
+	if (store)
+		block_store(c, f->meta, f->index, f->gen, buf->data, buf->len, f);
 	pthread_mutex_lock(&c->lock);
 	if (res < 0 && res != -ECANCELED)
 		f->meta->pf_backoff_ns = now_ns() + PF_BACKOFF_NS;
@@ -519,6 +533,14 @@ void pf_kick(struct cache *c)
 		clog_(7, "prefetch wakeup failed: %s", strerror(errno));
 }
 
+/* Same, with cache.lock held: pf_stop() sets stop under the lock before it
+ * frees the state, so a kick that sees stop false is safe. */
+void pf_kick_locked(struct cache *c)
+{
+	if (c->pf && !c->pf->stop)
+		pf_kick(c);
+}
+
 void pf_stop(struct cache *c)
 {
 	struct pf_state *p = c->pf;
@@ -530,8 +552,10 @@ void pf_stop(struct cache *c)
 	pthread_mutex_unlock(&c->lock);
 	pf_kick(c);
 	pthread_join(p->thread, NULL);
+	pthread_mutex_lock(&c->lock);
+	c->pf = NULL;             /* see pf_kick_locked() */
+	pthread_mutex_unlock(&c->lock);
 	io_uring_queue_exit(&p->ring);
 	close(p->efd);
-	c->pf = NULL;
 	free(p);
 }
