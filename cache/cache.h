@@ -55,8 +55,9 @@ struct cache_tier_config {
 struct cache_config {
 	struct cache_tier_config tiers[CACHE_MAX_TIERS]; /* must be contiguous from tier0 */
 	uint32_t block_size;       /* power of two, 64 KiB .. 64 MiB; default 4 MiB */
-	unsigned prefetch;         /* blocks read ahead of a sequential reader (4; 0 = off) */
-	unsigned prefetch_depth;   /* max parallel engine reads in flight (8) */
+	unsigned prefetch;         /* blocks read ahead of a sequential reader (8; 0 = off) */
+	unsigned prefetch_depth;   /* max engine reads in flight or waiting
+				    * to be stored (16) */
 	unsigned prefetch_timeout; /* seconds per engine read/open before it is cancelled (30) */
 	int verify_mem;            /* also verify checksums of MEM blocks (0) */
 };

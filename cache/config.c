@@ -33,8 +33,8 @@ void cache_config_init(struct cache_config *cfg)
 		cfg->tiers[i].low = 0.80;
 	}
 	cfg->block_size = 4u << 20;
-	cfg->prefetch = 4;
-	cfg->prefetch_depth = 8;
+	cfg->prefetch = 8;
+	cfg->prefetch_depth = 16;
 	cfg->prefetch_timeout = 30;
 }
 

@@ -98,7 +98,7 @@ void fs_usage(const char *prog)
 	       "block cache options (-o, see lazarusfs.conf(5); no tier = no cache):\n"
 	       "  tierN=MEDIUM:PATH[|PATH...]:QUOTA   e.g. tier0=MEM:/dev/shm/lz:1G\n"
 	       "  tierN_medium= tierN_path= tierN_quota= tierN_high= tierN_low=\n"
-	       "  block_size=SIZE  prefetch=N (4)  prefetch_depth=N  prefetch_timeout=SECONDS\n"
+	       "  block_size=SIZE  prefetch=N (8)  prefetch_depth=N  prefetch_timeout=SECONDS\n"
 	       "  verify_mem=0|1\n"
 	       "  config=FILE            cache settings (and lazarusfs options) from FILE\n"
 	       "\n"

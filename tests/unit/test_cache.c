@@ -1060,6 +1060,32 @@ static void test_random_direct(void **state)
 	/* a small read at the end of the file is short, not an error */
 	assert_int_equal(cache_read(cf, buf, sizeof(buf), 8 * BS - 10, be_fetch, &b), 10);
 	cache_file_close(cf);
+
+	/* a small read of a short last block fetches and stores it at once:
+	 * whole, it costs no more than the range */
+	{
+		struct backend t;
+
+		be_init(&t, 2 * BS + 100, 22);
+		snprintf(path, sizeof(path), "%s/tail", bedir);
+		fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+		assert_int_equal(write(fd, t.data, t.size), (ssize_t)t.size);
+		close(fd);
+		assert_int_equal(cache_file_open(c, "tail", t.size, 1, path, &cf, &keep), 0);
+		cache_get_stats(c, &st);
+		assert_int_equal(cache_read(cf, buf, sizeof(buf), 2 * BS, be_fetch, &t), 100);
+		assert_memory_equal(buf, t.data + 2 * BS, 100);
+		assert_int_equal(cache_contains(c, "tail", 2 * BS, 100), 1);
+		{
+			struct cache_stats st2;
+
+			cache_get_stats(c, &st2);
+			assert_int_equal(st2.direct_reads, st.direct_reads);
+			assert_int_equal(st2.engine_reads, st.engine_reads + 1);
+		}
+		cache_file_close(cf);
+		free(t.data);
+	}
 	cache_free(c);
 	free(b.data);
 }
