@@ -356,9 +356,10 @@ static struct flight *flight_new_locked(struct cache *c, struct cmeta *m, uint64
 }
 
 /* A successful flight stays findable (FL_DONE, with its data) until its
- * owner has stored the block and calls flight_finish(): a reader that comes
- * in between takes the data instead of fetching the block a second time. A
- * failed one is unlisted at once, so that the next reader tries again. */
+ * owner has stored the block and calls flight_finish_locked(): a reader that
+ * comes in between takes the data instead of fetching the block a second
+ * time. A failed one is unlisted at once, so that the next reader tries
+ * again. */
 void flight_complete(struct cache *c, struct flight *f, int res, struct blkbuf *buf)
 {
 	pthread_mutex_lock(&c->lock);

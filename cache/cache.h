@@ -22,9 +22,10 @@
  *
  * Threads: cache_new() starts a mover thread and, when prefetch > 0, a
  * prefetch thread, which reads blocks ahead and leaves storing them to the
- * mover (a stored-to-be block serves readers from memory). Every public function is thread-safe. Internally one
- * mutex (struct cache.lock) guards the index, LRU lists, quota accounting
- * and file records; it is never held across I/O. Lock order:
+ * mover (until stored, such a block serves readers from memory). Every
+ * public function is thread-safe. Internally one mutex (struct cache.lock)
+ * guards the index, LRU lists, quota accounting and file records; it is
+ * never held across I/O. Lock order:
  * cache_file.slot_lock -> cache.lock; prefetch queue lock is a leaf.
  * io_uring: tier I/O uses one ring per thread (tiers/); the prefetch thread
  * owns its own ring, used by no other thread.
