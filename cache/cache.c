@@ -1502,7 +1502,8 @@ static int fill_queue_locked(struct cache *c, struct cmeta *m, uint64_t index)
  * the prefetcher starts only once direct reads pause (prefetch.c): over an
  * engine with one pipe (sshfs, a remote store) a 4 MiB fill in flight would
  * stall every small read queued behind it. Returns bytes or -errno; -EAGAIN
- * when the prefetcher cannot fill it: the caller fetches the whole block.
+ * when the prefetcher cannot fill it, or when the block is a short last
+ * block no bigger than a small read: the caller fetches the whole block.
  */
 static ssize_t read_direct(struct cache_file *cf, uint64_t index, uint32_t boff, uint32_t len,
 			   void *dst, cache_fetch_fn fetch, void *arg)

@@ -250,14 +250,14 @@ static bool pf_own(struct pf_state *p, struct flight *f)
 	return own;
 }
 
-/* The flight we own is over: complete it, have the mover store the block
- * (this thread goes on reading meanwhile; the flight serves readers until
- * then), drop the prefetcher reference. Without a mover, or for a failed
- * read, store here and drop the owner reference too. */
+/* The flight we own is over: complete it and drop the prefetcher
+ * reference. Data goes to store_q with the owner reference: the mover
+ * stores it (store_step_locked; cache_free() drains what is left) while this
+ * thread goes on reading and the flight serves readers. Otherwise (failed,
+ * or empty past EOF) drop the owner reference here too. */
 static void pf_flight_done(struct pf_state *p, struct flight *f, int res, struct blkbuf *buf)
 {
 	struct cache *c = p->c;
-	bool store = res == 0 && buf && buf->len;
 
 	flight_complete(c, f, res, buf);
 	if (res == 0)
@@ -265,17 +265,13 @@ static void pf_flight_done(struct pf_state *p, struct flight *f, int res, struct
 	else
 		STAT_ADD(c->st.prefetch_failed, 1);
 	pthread_mutex_lock(&c->lock);
-	if (store && c->running) {
-		list_add_tail(&c->store_q, &f->qlink);   /* takes the owner reference */
+	if (res == 0 && buf && buf->len) {
+		list_add_tail(&c->store_q, &f->qlink);
 		pthread_cond_signal(&c->mover_cv);
 		flight_put_locked(c, f);
 		pthread_mutex_unlock(&c->lock);
 		return;
 	}
-	pthread_mutex_unlock(&c->lock);
-	if (store)
-		block_store(c, f->meta, f->index, f->gen, buf->data, buf->len, f);
-	pthread_mutex_lock(&c->lock);
 	if (res < 0 && res != -ECANCELED)
 		f->meta->pf_backoff_ns = now_ns() + PF_BACKOFF_NS;
 	c->pf_inflight--;
