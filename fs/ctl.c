@@ -5,6 +5,7 @@
  * talk to it.  The protocol is one command line in, a text answer out, then
  * the server closes.  One thread serves connections one at a time; the
  * answers are built from in-memory state and never wait for the engine.
+ * The client side is in fs/ctl_client.c.
  */
 #include "config.h"
 
@@ -32,16 +33,6 @@ struct fs_ctl {
 	void *arg;
 	pthread_t thread;
 };
-
-static int make_addr(const char *path, struct sockaddr_un *sa)
-{
-	memset(sa, 0, sizeof(*sa));
-	sa->sun_family = AF_UNIX;
-	if (strlen(path) >= sizeof(sa->sun_path))
-		return -ENAMETOOLONG;
-	strcpy(sa->sun_path, path);
-	return 0;
-}
 
 static void serve(struct fs_ctl *c, int fd)
 {
@@ -108,7 +99,7 @@ int fs_ctl_new(struct fs_ctl **out, const char *path, fs_ctl_fn fn, void *arg)
 	c->fd = c->stopfd = -1;
 	c->fn = fn;
 	c->arg = arg;
-	if ((ret = make_addr(path, &sa)))
+	if ((ret = fs_ctl_sockaddr(path, &sa)))
 		goto out_free;
 	/* a proxy of this mount point that is still shutting down may own the
 	 * path: take it over; it unlinks only its own socket file */
@@ -161,79 +152,73 @@ void fs_ctl_free(struct fs_ctl *c)
 	free(c);
 }
 
-int fs_ctl_path(const char *state_dir, const char *mountpoint, char *buf,
-		size_t len)
-{
-	char *real = realpath(mountpoint, NULL), id[17];
-	int n;
+/* ------------------------------------------------------- the commands */
 
-	/* a dead FUSE mount fails realpath with ENOTCONN: use the text */
-	fs_mount_id(real ? real : mountpoint, id);
-	free(real);
-	n = snprintf(buf, len, "%s/%s/ctl.sock", state_dir, id);
-	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+/* "prefix ARG": ARG (the rest of the line, may hold blanks), else NULL */
+static const char *cmd_arg(const char *cmd, const char *prefix)
+{
+	size_t n = strlen(prefix);
+
+	if (strncmp(cmd, prefix, n))
+		return NULL;
+	if (!cmd[n])
+		return cmd + n;
+	return cmd[n] == ' ' ? cmd + n + 1 : NULL;
 }
 
-int fs_ctl_request(const char *sock_path, const char *cmd, char **out,
-		   int timeout_ms)
+/*
+ * Control commands (one line in, "key: value" lines out):
+ *   status                    engine state (fs_engine_status)
+ *   stats | stats json        cache statistics, text or JSON
+ *   evict [RELPATH]           drop cached blocks of RELPATH and below (all)
+ *   contains OFF LEN RELPATH  "1" when every block of the range is cached
+ * RELPATH is relative to the mount root, as the cache keys are.  All of it
+ * answers from memory, never waiting for the engine.
+ */
+int fs_ctl_handler(void *arg, const char *cmd, char **reply)
 {
-	struct sockaddr_un sa;
-	size_t len = 0, cap = 4096;
-	char *buf = NULL;
-	int fd, ret;
+	struct fs *fs = arg;
+	const char *a;
+	int ret;
 
-	*out = NULL;
-	if ((ret = make_addr(sock_path, &sa)))
-		return ret;
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa))) {
-		ret = -errno;
-		goto out_close;
+	if (!strcmp(cmd, "status")) {
+		*reply = fs_engine_status(fs->engine);
+		return *reply ? 0 : -ENOMEM;
 	}
-	if (send(fd, cmd, strlen(cmd), MSG_NOSIGNAL) < 0 ||
-	    send(fd, "\n", 1, MSG_NOSIGNAL) < 0) {
-		ret = -errno;
-		goto out_close;
-	}
-	buf = malloc(cap);
-	if (!buf) {
-		ret = -ENOMEM;
-		goto out_close;
-	}
-	for (;;) {
-		struct pollfd p = { .fd = fd, .events = POLLIN };
-		ssize_t r;
+	if (!strcmp(cmd, "stats") || !strcmp(cmd, "stats json")) {
+		bool json = cmd[5] != 0;
 
-		if (poll(&p, 1, timeout_ms) != 1) {
-			ret = -ETIMEDOUT;
-			goto out_free;
-		}
-		if (len + 1 == cap) {
-			char *nb = realloc(buf, cap *= 2);
-
-			if (!nb) {
-				ret = -ENOMEM;
-				goto out_free;
-			}
-			buf = nb;
-		}
-		r = read(fd, buf + len, cap - 1 - len);
-		if (r < 0) {
-			ret = -errno;
-			goto out_free;
-		}
-		if (!r)
-			break;
-		len += r;
+		if (!fs->cache)
+			*reply = strdup(json ? "{\"enabled\":false}\n" : "enabled: no\n");
+		else if ((ret = cache_stats_format(fs->cache, json, reply)))
+			return ret;
+		return *reply ? 0 : -ENOMEM;
 	}
-	buf[len] = 0;
-	*out = buf;
-	buf = NULL;
-out_free:
-	free(buf);
-out_close:
-	close(fd);
-	return ret;
+	if ((a = cmd_arg(cmd, "evict"))) {
+		if (!fs->cache)
+			goto nocache;
+		ret = cache_evict(fs->cache, *a ? a : NULL);
+		if (asprintf(reply, "evicted_blocks: %d\n", ret) < 0)
+			*reply = NULL;
+		return *reply ? 0 : -ENOMEM;
+	}
+	if ((a = cmd_arg(cmd, "contains"))) {
+		unsigned long long off, len;
+		int pos = 0;
+
+		if (!fs->cache)
+			goto nocache;
+		if (sscanf(a, "%llu %llu %n", &off, &len, &pos) != 2 || !pos || !a[pos]) {
+			*reply = strdup("error: usage: contains OFFSET LENGTH RELPATH\n");
+			return -EINVAL;
+		}
+		*reply = strdup(cache_contains(fs->cache, a + pos, off, len) ? "1\n" : "0\n");
+		return *reply ? 0 : -ENOMEM;
+	}
+	if (asprintf(reply, "error: unknown command '%.64s'\n", cmd) < 0)
+		*reply = NULL;
+	return -EINVAL;
+nocache:
+	*reply = strdup("error: no block cache on this mount (no tier configured)\n");
+	return -EINVAL;
 }

@@ -19,6 +19,12 @@
  *             successful flush/fsync.  Not locked; the owner serialises.
  *   mount     struct fs: one mounted proxy (fs_new/fs_run/fs_free).
  *   control   fs_ctl_*: the root-only unix socket behind lazarusctl.
+ *   mounts    fs_mountinfo_*: the one parser of /proc/self/mountinfo.
+ *
+ * Libraries: libfsclient.la holds what lazarusctl needs (log, mount ids,
+ * the control client, mountinfo); libfs.la adds the daemon and includes
+ * libfsclient.la.  The private headers of the daemon are fs/fs_int.h,
+ * fs/engine.h, fs/handle.h and fs/ops_int.h.
  */
 #ifndef LAZARUSFS_FS_H
 #define LAZARUSFS_FS_H
@@ -262,6 +268,48 @@ size_t fs_journal_entries(const struct fs_journal *j);
  */
 int fs_journal_replay(struct fs_journal *j, int fd);
 
+/* ----------------------------------------------------------------- I/O */
+
+/* pread until `len` bytes or EOF: bytes read, or -errno. */
+ssize_t fs_pread_all(int fd, void *buf, size_t len, off_t off);
+/* pwrite all of `len` bytes: 0 or -errno (-EIO if the file takes none). */
+int fs_pwrite_all(int fd, const void *buf, size_t len, off_t off);
+
+/* --------------------------------------------------------------- mounts */
+
+/*
+ * One line of /proc/self/mountinfo.  The strings point into the line that
+ * was parsed, with the kernel's octal escapes (\040 for a space) undone.
+ */
+struct fs_mountinfo {
+	unsigned major, minor;
+	char *root;             /* the mounted subtree of its file system */
+	char *mnt;              /* mount point */
+	char *fstype;           /* "fuse.lazarusfs", "ext4", ... */
+	char *source;
+};
+
+struct fs_mountinfo_dev {
+	unsigned major, minor;
+};
+
+/* Parse one line in place: 0, or -EINVAL for a malformed one. */
+int fs_mountinfo_parse(char *line, struct fs_mountinfo *mi);
+/*
+ * Call fn for every well-formed line of the mountinfo file at `path`
+ * (NULL: /proc/self/mountinfo) until it returns non-zero; returns that
+ * value, 0 at the end, or -errno when the file cannot be read.
+ */
+int fs_mountinfo_each(const char *path,
+		      int (*fn)(const struct fs_mountinfo *mi, void *arg),
+		      void *arg);
+/*
+ * Is something (of type fstype, unless NULL) mounted at `mnt`?  1 or 0, or
+ * -errno.  With `dev`, the device of the top such mount.
+ */
+int fs_mountinfo_find(const char *mnt, const char *fstype,
+		      struct fs_mountinfo_dev *dev);
+
 /* --------------------------------------------------------------- mount */
 
 struct fs;
@@ -284,6 +332,10 @@ void fs_free(struct fs *fs);
 
 /* ------------------------------------------------------------ control */
 
+struct sockaddr_un;
+
+/* Fill a unix socket address for `path`: 0 or -ENAMETOOLONG. */
+int fs_ctl_sockaddr(const char *path, struct sockaddr_un *sa);
 /* "<state_dir>/<id>/ctl.sock" for a mount point (canonicalised here). */
 int fs_ctl_path(const char *state_dir, const char *mountpoint, char *buf,
 		size_t len);

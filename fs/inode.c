@@ -111,6 +111,16 @@ static int set_name(struct fs_inode_table *t, struct fs_inode *in,
 static int path_locked(struct fs_inode_table *t, uint64_t ino, const char *name,
 		       char *buf, size_t len);
 
+/* A count below zero is a bug: say which, in the log (stderr is /dev/null
+ * once daemonized), and stop before the table lies to the kernel.  The
+ * only log call under the table lock: nothing waits for us after it. */
+static void __attribute__((noreturn)) count_below_zero(const char *count, uint64_t ino)
+{
+	fs_log(FS_LOG_ERR, "inode table corrupt: %s count of inode %llu below zero, aborting",
+	       count, (unsigned long long)ino);
+	abort();
+}
+
 /* Drop one child reference from `parent`, freeing it if it was the last. */
 static void put_parent(struct fs_inode_table *t, uint64_t parent)
 {
@@ -119,9 +129,7 @@ static void put_parent(struct fs_inode_table *t, uint64_t parent)
 	if (!p)
 		return;
 	if (p->nchild == 0) {
-		fprintf(stderr, "lazarusfs: inode %llu child count below zero\n",
-			(unsigned long long)p->ino);
-		abort();
+		count_below_zero("child", p->ino);
 	}
 	p->nchild--;
 	maybe_free(t, p);
@@ -319,9 +327,7 @@ void fs_inode_forget(struct fs_inode_table *t, uint64_t ino, uint64_t n)
 	in = get(t, ino);
 	if (in) {
 		if (in->nlookup < n) {
-			fprintf(stderr, "lazarusfs: inode %llu lookup count below zero\n",
-				(unsigned long long)ino);
-			abort();
+			count_below_zero("lookup", ino);
 		}
 		in->nlookup -= n;
 		maybe_free(t, in);
@@ -331,11 +337,8 @@ void fs_inode_forget(struct fs_inode_table *t, uint64_t ino, uint64_t n)
 
 static void drop_open(struct fs_inode *in)
 {
-	if (--in->nopen < 0) {
-		fprintf(stderr, "lazarusfs: inode %llu open count below zero\n",
-			(unsigned long long)in->ino);
-		abort();
-	}
+	if (--in->nopen < 0)
+		count_below_zero("open", in->ino);
 }
 
 int fs_inode_open(struct fs_inode_table *t, uint64_t ino)

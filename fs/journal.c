@@ -66,7 +66,7 @@ static void clear(struct fs_journal *j)
 	j->mem_used = j->bytes = 0;
 	if (j->spill_fd >= 0 && j->spill_end) {
 		if (ftruncate(j->spill_fd, 0))
-			fs_log(FS_LOG_WARN, "%s: cannot shrink journal spill file",
+			fs_log(FS_LOG_WARN, "cannot shrink journal spill file: %s",
 			       strerror(errno));
 		j->spill_end = 0;
 	}

@@ -12,9 +12,7 @@
  * anything is mounted, and, when we are going to daemonize, frees it again
  * (from a helper thread, so that no io_uring ring of it stays behind in
  * the thread that forks); fs_run() builds it for real in the daemon.
- * Every CACHE_PROM_SECONDS a small thread writes the Prometheus textfile
- * <state_dir>/lazarusfs_cache_<id>.prom; it is removed at unmount, so a
- * gone mount exports nothing.
+ * With a cache, fs/prom.c writes its Prometheus textfile.
  */
 #include "config.h"
 
@@ -25,22 +23,13 @@
 #include <pthread.h>
 #include <signal.h>
 #include <limits.h>
-#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include "fs/fs_int.h"
-
-void fs_mount_id(const char *mountpoint, char id[17])
-{
-	snprintf(id, 17, "%016llx",
-		 (unsigned long long)XXH3_64bits(mountpoint, strlen(mountpoint)));
-}
 
 static int mkdir_p(const char *path, mode_t mode)
 {
@@ -61,77 +50,6 @@ static int mkdir_p(const char *path, mode_t mode)
 	if (mkdir(buf, mode) && errno != EEXIST)
 		return -errno;
 	return 0;
-}
-
-#define CACHE_PROM_SECONDS 10
-
-/* "prefix ARG": ARG (the rest of the line, may hold blanks), else NULL */
-static const char *cmd_arg(const char *cmd, const char *prefix)
-{
-	size_t n = strlen(prefix);
-
-	if (strncmp(cmd, prefix, n))
-		return NULL;
-	if (!cmd[n])
-		return cmd + n;
-	return cmd[n] == ' ' ? cmd + n + 1 : NULL;
-}
-
-/*
- * Control commands (one line in, "key: value" lines out):
- *   status                    engine state (fs_engine_status)
- *   stats | stats json        cache statistics, text or JSON
- *   evict [RELPATH]           drop cached blocks of RELPATH and below (all)
- *   contains OFF LEN RELPATH  "1" when every block of the range is cached
- * RELPATH is relative to the mount root, as the cache keys are.  All of it
- * answers from memory, never waiting for the engine.
- */
-static int ctl_handler(void *arg, const char *cmd, char **reply)
-{
-	struct fs *fs = arg;
-	const char *a;
-	int ret;
-
-	if (!strcmp(cmd, "status")) {
-		*reply = fs_engine_status(fs->engine);
-		return *reply ? 0 : -ENOMEM;
-	}
-	if (!strcmp(cmd, "stats") || !strcmp(cmd, "stats json")) {
-		bool json = cmd[5] != 0;
-
-		if (!fs->cache)
-			*reply = strdup(json ? "{\"enabled\":false}\n" : "enabled: no\n");
-		else if ((ret = cache_stats_format(fs->cache, json, reply)))
-			return ret;
-		return *reply ? 0 : -ENOMEM;
-	}
-	if ((a = cmd_arg(cmd, "evict"))) {
-		if (!fs->cache)
-			goto nocache;
-		ret = cache_evict(fs->cache, *a ? a : NULL);
-		if (asprintf(reply, "evicted_blocks: %d\n", ret) < 0)
-			*reply = NULL;
-		return *reply ? 0 : -ENOMEM;
-	}
-	if ((a = cmd_arg(cmd, "contains"))) {
-		unsigned long long off, len;
-		int pos = 0;
-
-		if (!fs->cache)
-			goto nocache;
-		if (sscanf(a, "%llu %llu %n", &off, &len, &pos) != 2 || !pos || !a[pos]) {
-			*reply = strdup("error: usage: contains OFFSET LENGTH RELPATH\n");
-			return -EINVAL;
-		}
-		*reply = strdup(cache_contains(fs->cache, a + pos, off, len) ? "1\n" : "0\n");
-		return *reply ? 0 : -ENOMEM;
-	}
-	if (asprintf(reply, "error: unknown command '%.64s'\n", cmd) < 0)
-		*reply = NULL;
-	return -EINVAL;
-nocache:
-	*reply = strdup("error: no block cache on this mount (no tier configured)\n");
-	return -EINVAL;
 }
 
 static void cache_log(int level, const char *msg)
@@ -208,72 +126,19 @@ static int cache_start(struct fs *fs, bool probe_only, char *err, size_t errlen)
 	return 0;
 }
 
-static void *prom_main(void *arg)
-{
-	struct fs *fs = arg;
-	struct timespec ts;
-	int ret;
-
-	pthread_mutex_lock(&fs->prom_lock);
-	while (!fs->prom_stop) {
-		pthread_mutex_unlock(&fs->prom_lock);
-		ret = cache_write_textfile(fs->cache, fs->prom_path);
-		if (ret)
-			fs_log(FS_LOG_DEBUG, "%s: cannot write %s", strerror(-ret), fs->prom_path);
-		pthread_mutex_lock(&fs->prom_lock);
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_sec += CACHE_PROM_SECONDS;
-		while (!fs->prom_stop &&
-		       pthread_cond_timedwait(&fs->prom_cv, &fs->prom_lock, &ts) != ETIMEDOUT)
-			;
-	}
-	pthread_mutex_unlock(&fs->prom_lock);
-	return NULL;
-}
-
+/* The cache's textfile (only with a cache, as before). */
 static void prom_start(struct fs *fs)
 {
-	pthread_condattr_t ca;
+	char *path;
 	int ret;
 
-	if (!fs->cache ||
-	    asprintf(&fs->prom_path, "%s/lazarusfs_cache_%s.prom", fs->o->state_dir, fs->id) < 0) {
-		fs->prom_path = NULL;
+	if (!fs->cache)
 		return;
-	}
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&fs->prom_cv, &ca);
-	pthread_condattr_destroy(&ca);
-	pthread_mutex_init(&fs->prom_lock, NULL);
-	fs->prom_stop = false;
-	ret = -pthread_create(&fs->prom_thread, NULL, prom_main, fs);
-	if (ret) {
-		fs_log(FS_LOG_WARN, "%s: no prometheus textfile for the cache", strerror(-ret));
-		pthread_cond_destroy(&fs->prom_cv);
-		pthread_mutex_destroy(&fs->prom_lock);
+	if (asprintf(&path, "%s/lazarusfs_cache_%s.prom", fs->o->state_dir, fs->id) < 0)
 		return;
-	}
-	fs->prom_started = true;
-}
-
-static void prom_stop(struct fs *fs)
-{
-	if (fs->prom_started) {
-		pthread_mutex_lock(&fs->prom_lock);
-		fs->prom_stop = true;
-		pthread_cond_signal(&fs->prom_cv);
-		pthread_mutex_unlock(&fs->prom_lock);
-		pthread_join(fs->prom_thread, NULL);
-		pthread_cond_destroy(&fs->prom_cv);
-		pthread_mutex_destroy(&fs->prom_lock);
-		fs->prom_started = false;
-	}
-	if (fs->prom_path) {
-		unlink(fs->prom_path);
-		free(fs->prom_path);
-		fs->prom_path = NULL;
-	}
+	if ((ret = fs_prom_new(&fs->prom, fs, path)))
+		fs_log(FS_LOG_WARN, "no prometheus textfile for the cache: %s", strerror(-ret));
+	free(path);
 }
 
 /*
@@ -326,7 +191,7 @@ static int serve(struct fuse_session *se)
 	}
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (!n) {
-		fs_log(FS_LOG_ERR, "%s: cannot start request threads", strerror(-ret));
+		fs_log(FS_LOG_ERR, "cannot start request threads: %s", strerror(-ret));
 		return ret;
 	}
 	while (!fuse_session_exited(se))
@@ -335,29 +200,6 @@ static int serve(struct fuse_session *se)
 	for (int i = 0; i < n; i++)
 		pthread_join(tid[i], NULL);
 	return 0;
-}
-
-/* Is a fuse.lazarusfs file system mounted at `path`? */
-static bool lazarusfs_mounted_at(const char *path)
-{
-	char *line = NULL;
-	size_t cap = 0;
-	bool found = false;
-	FILE *f = fopen("/proc/self/mountinfo", "re");
-
-	if (!f)
-		return false;
-	while (!found && getline(&line, &cap, f) > 0) {
-		char mnt[4097], type[64];
-		const char *sep = strstr(line, " - ");
-
-		if (sep && sscanf(line, "%*s %*s %*s %*s %4096s", mnt) == 1 &&
-		    sscanf(sep + 3, "%63s", type) == 1)
-			found = !strcmp(mnt, path) && !strcmp(type, "fuse.lazarusfs");
-	}
-	free(line);
-	fclose(f);
-	return found;
 }
 
 /* Root owner and mode as the engine last reported them (see ops.c). */
@@ -415,7 +257,7 @@ int fs_new(struct fs **out, struct fs_opts *o, char *err, size_t errlen)
 	if ((ret = mkdir_p(fs->dir, 0700)) || chmod(fs->dir, 0700) ||
 	    (ret = mkdir_p(fs->journal_dir, 0700))) {
 		ret = ret ? ret : -errno;
-		snprintf(err, errlen, "%s: state directory %s", strerror(-ret), fs->dir);
+		snprintf(err, errlen, "cannot create state directory: %s: %s", fs->dir, strerror(-ret));
 		goto out_free;
 	}
 	/* a bad template or env file is a mount-time error, not a surprise later */
@@ -429,7 +271,7 @@ int fs_new(struct fs **out, struct fs_opts *o, char *err, size_t errlen)
 	fs_strv_free(env);
 	if ((ret = fs_log_init(o->foreground ? FS_LOG_DEBUG : FS_LOG_WARN, false,
 				 logpath, o->debug))) {
-		snprintf(err, errlen, "%s: log file %s", strerror(-ret), logpath);
+		snprintf(err, errlen, "cannot open log file: %s: %s", logpath, strerror(-ret));
 		goto out_free;
 	}
 	if ((ret = fs_inode_table_new(&fs->inodes)) ||
@@ -441,7 +283,7 @@ int fs_new(struct fs **out, struct fs_opts *o, char *err, size_t errlen)
 	/* root attributes until the engine first answers: the mountpoint's own */
 	if (stat(o->mountpoint, &fs->root_stat)) {
 		ret = -errno;
-		snprintf(err, errlen, "%s: mountpoint %s", strerror(-ret), o->mountpoint);
+		snprintf(err, errlen, "cannot use mountpoint: %s: %s", o->mountpoint, strerror(-ret));
 		goto out_free;
 	}
 	fs->root_statvfs.f_bsize = fs->root_statvfs.f_frsize = 4096;
@@ -495,7 +337,7 @@ int fs_run(struct fs *fs, int fuse_argc, char **fuse_argv)
 	/* refuse a second proxy on the same mount point before mounting (the
 	 * mount table, not the control socket: a proxy that is shutting down
 	 * still answers there after its mount is gone) */
-	if (lazarusfs_mounted_at(fs->o->mountpoint)) {
+	if (fs_mountinfo_find(fs->o->mountpoint, "fuse.lazarusfs", NULL) > 0) {
 		fs_log(FS_LOG_ERR, "already mounted: a lazarusfs proxy serves %s",
 		       fs->o->mountpoint);
 		ret = -EBUSY;
@@ -528,15 +370,15 @@ int fs_run(struct fs *fs, int fuse_argc, char **fuse_argv)
 
 		/* fs_new() checked it a moment ago: serve uncached rather than fail */
 		if ((ret = cache_start(fs, false, cerr, sizeof(cerr))))
-			fs_log(FS_LOG_ERR, "%s: block cache disabled: %s", strerror(-ret), cerr);
+			fs_log(FS_LOG_ERR, "block cache disabled: %s", cerr);
 	}
 	prom_start(fs);
 	if ((ret = fs_engine_start_threads(fs->engine))) {
-		fs_log(FS_LOG_ERR, "%s: cannot start engine supervisor", strerror(-ret));
+		fs_log(FS_LOG_ERR, "cannot start the engine supervisor: %s", strerror(-ret));
 		goto out_unmount;
 	}
-	if ((ret = fs_ctl_new(&fs->ctl, sock, ctl_handler, fs)))
-		fs_log(FS_LOG_WARN, "%s: no control socket at %s", strerror(-ret), sock);
+	if ((ret = fs_ctl_new(&fs->ctl, sock, fs_ctl_handler, fs)))
+		fs_log(FS_LOG_WARN, "cannot create control socket: %s: %s", sock, strerror(-ret));
 
 	ret = serve(fs->se);
 	fs_log(FS_LOG_INFO, "unmounting %s", fs->o->mountpoint);
@@ -544,7 +386,8 @@ int fs_run(struct fs *fs, int fuse_argc, char **fuse_argv)
 	fs->ctl = NULL;
 	fs_engine_shutdown(fs->engine);
 out_unmount:
-	prom_stop(fs);
+	fs_prom_free(fs->prom);
+	fs->prom = NULL;
 	fuse_session_unmount(fs->se);
 out_signals:
 	fuse_remove_signal_handlers(fs->se);

@@ -1,0 +1,383 @@
+/*
+ * fs/ops_file.c - open files: open, create, read, write, flush, fsync,
+ * release, fallocate, lseek, copy_file_range.
+ *
+ * The crash-transparent work on a handle (reopen, journal, retries) lives
+ * in fs/handle.c; the block cache coupling in fs/cache_link.c.  This file
+ * turns FUSE requests into those calls and replies.
+ *
+ * O_APPEND is left to the kernel's offsets (the backend fd is opened
+ * without it), so that a journal replay writes where the data went the
+ * first time.
+ */
+#include "config.h"
+
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fs/ops_int.h"
+
+/*
+ * A read-only open of a file wholly in the block cache while the engine is
+ * offline: a handle without a backend fd, of generation 0, so that cache
+ * hits serve every read and anything that needs the engine reopens the file
+ * by path once it is back, as for any handle after a restart.  *st gets the
+ * attributes the cache was checked against.  NULL: take the normal path.
+ */
+static struct fs_handle *offline_handle(struct fs *fs, uint64_t ino, const char *rel,
+					struct fuse_file_info *fi, struct stat *st)
+{
+	struct fs_handle *h;
+
+	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC) ||
+	    !fs_offline_attr(fs, ino, st) || !S_ISREG(st->st_mode) ||
+	    !cache_holds_file(fs->cache, rel, st->st_size, fs_mtime_ns(st)))
+		return NULL;
+	h = fs_handle_alloc(ino, fi->flags, false, fs->journal_dir, fs->o->journal_mem);
+	if (h)
+		fs_log(FS_LOG_DEBUG, "opened from the cache, engine offline: %s", rel);
+	return h;
+}
+
+static void open_common(fuse_req_t req, fuse_ino_t parent, const char *name,
+			fuse_ino_t ino, mode_t mode, struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_req(req);
+	struct fs_call c = FS_CALL_INIT(fs->engine);
+	bool creating = name != NULL;
+	char rel[PATH_MAX], prel[PATH_MAX];
+	struct fuse_entry_param e;
+	struct fs_handle *h = NULL;
+	struct stat st;
+	int ret, fd = -1;
+
+	if (creating && fs_is_silly_name(name)) {
+		ret = -EPERM;
+		goto out;
+	}
+	ret = creating ? fs_inode_path(fs->inodes, parent, name, rel, sizeof(rel)) :
+			 fs_inode_path(fs->inodes, ino, NULL, rel, sizeof(rel));
+	if (!ret && creating)
+		ret = fs_inode_path(fs->inodes, parent, NULL, prel, sizeof(prel));
+	if (ret)
+		goto out;
+	if (!creating && (h = offline_handle(fs, ino, rel, fi, &st)))
+		goto opened;
+	do {
+		int flags = (fi->flags & ~O_APPEND) | O_CLOEXEC;
+
+		if ((ret = fs_call_enter(&c)))
+			break;
+		if (creating && c.attempt)
+			flags &= ~(O_EXCL | O_TRUNC);   /* the first try may have made it */
+		fd = openat(c.b->rootfd, rel, flags | (creating ? O_CREAT : 0), mode);
+		ret = fd < 0 ? -errno : 0;
+		/* the cache validates its blocks against these attributes */
+		if (!ret && (creating || fs->cache))
+			ret = fstat(fd, &st) ? -errno : 0;
+		if (!ret && creating)
+			ret = fs_own(fs, &c, req, rel, prel, &st);
+		if (!ret) {
+			h = fs_handle_alloc(ino, fi->flags, false, fs->journal_dir,
+					    fs->o->journal_mem);
+			if (!h) {
+				ret = -ENOMEM;
+			} else {
+				h->fd = fd;
+				h->gen = c.b->gen;
+				fd = -1;
+			}
+		}
+		if (fd >= 0) {
+			close(fd);
+			fd = -1;
+		}
+	} while (fs_call_again(&c, ret));
+	if (ret)
+		goto out;
+	if (creating) {
+		if ((ret = fs_make_entry(fs, parent, name, &st, &e))) {
+			fs_handle_put(fs->handles, h);
+			goto out;
+		}
+		h->ino = e.ino;
+	}
+opened:
+	if ((ret = fs_add_handle(fs, h, fi))) {
+		if (creating)
+			fs_inode_forget(fs->inodes, e.ino, 1);
+		goto out;
+	}
+	fs_cache_attach(fs, h, rel, &st, fi);
+	if ((creating ? fuse_reply_create(req, &e, fi) : fuse_reply_open(req, fi)) == -ENOENT) {
+		/* interrupted: the kernel never saw the handle (or the entry) */
+		if (creating)
+			fs_inode_forget(fs->inodes, e.ino, 1);
+		fs_drop_handle(fs, h, fi);
+	}
+	return;
+out:
+	fuse_reply_err(req, -ret);
+}
+
+void fs_op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	open_common(req, 0, NULL, ino, 0, fi);
+}
+
+void fs_op_create(fuse_req_t req, fuse_ino_t parent, const char *name,
+		  mode_t mode, struct fuse_file_info *fi)
+{
+	open_common(req, parent, name, 0, mode, fi);
+}
+
+void fs_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_req(req);
+	struct fs_handle *h = fs_handle_get(fs->handles, fi->fh);
+	char *buf = fs_rbuf();
+	ssize_t n;
+
+	if (!h || !buf) {
+		fuse_reply_err(req, h ? ENOMEM : EBADF);
+		goto out;
+	}
+	if (size > FS_RW_MAX)
+		size = FS_RW_MAX;
+	if (!fs_cache_read(fs, h, buf, size, off, &n))
+		n = fs_handle_pread(fs, h, buf, size, off);
+	if (n < 0)
+		fuse_reply_err(req, (int)-n);
+	else
+		fuse_reply_buf(req, buf, n);
+out:
+	if (h)
+		fs_handle_put(fs->handles, h);
+}
+
+void fs_op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
+		 off_t off, struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_req(req);
+	struct fs_handle *h = fs_handle_get(fs->handles, fi->fh);
+	int ret;
+
+	if (!h) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
+	ret = fs_handle_write(fs, h, buf, size, off);
+	if (!ret)
+		fs_cache_after_write(fs, h, buf, size, off);
+	if (ret)
+		fuse_reply_err(req, -ret);
+	else
+		fuse_reply_write(req, size);
+	fs_handle_put(fs->handles, h);
+}
+
+void fs_op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_req(req);
+	struct fs_handle *h = fs_handle_get(fs->handles, fi->fh);
+	int ret = 0;
+
+	if (!h) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
+	/*
+	 * Every write since the last successful flush is in the journal, so an
+	 * empty journal means the engine has nothing of ours to flush: close()
+	 * of a reader then works even while the engine is down.
+	 */
+	if (fs_handle_dirty(h))
+		ret = fs_handle_sync(fs, h, FS_SYNC_FLUSH);
+	fs_handle_put(fs->handles, h);
+	fuse_reply_err(req, -ret);
+}
+
+void fs_op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync,
+		 struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_req(req);
+	struct fs_handle *h = fs_handle_get(fs->handles, fi->fh);
+	int ret = h ? fs_handle_sync(fs, h, datasync ? FS_SYNC_FDATASYNC : FS_SYNC_FSYNC) :
+		      -EBADF;
+
+	if (h)
+		fs_handle_put(fs->handles, h);
+	fuse_reply_err(req, -ret);
+}
+
+/* Remove a silly-renamed file once its last handle is gone. */
+static void silly_cleanup(struct fs *fs, uint64_t ino, const char *rel)
+{
+	struct fs_call c = FS_CALL_INIT(fs->engine);
+	int ret;
+
+	do {
+		if ((ret = fs_call_enter(&c)))
+			break;
+		ret = unlinkat(c.b->rootfd, rel, 0) ? -errno : 0;
+	} while (fs_call_again(&c, ret));
+	if (ret && ret != -ENOENT)
+		fs_log(FS_LOG_WARN, "cannot remove silly-renamed file: %s: %s", rel,
+		       strerror(-ret));
+	fs_inode_drop_name(fs->inodes, ino);
+}
+
+void fs_op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_req(req);
+	struct fs_handle *h = fs_handle_get(fs->handles, fi->fh);
+	char rel[PATH_MAX];
+	bool wrote = false;
+	struct stat st;
+
+	if (!h) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
+	/* writes not yet covered by a flush (mmap, a failed flush) */
+	if (fs_handle_dirty(h))
+		fs_handle_sync(fs, h, FS_SYNC_FSYNC);
+	/* closing a backend fd talks to the engine: watch it for hangs */
+	pthread_rwlock_wrlock(&h->lock);
+	if (h->fd >= 0) {
+		fs_engine_watch_begin(fs->engine);
+		/* the attributes our writes left, so that the next open keeps
+		 * the blocks (a dead generation's fd just fails here) */
+		wrote = fs->cache && atomic_load(&h->wrote) && !fstat(h->fd, &st);
+		close(h->fd);
+		fs_engine_watch_end(fs->engine);
+		h->fd = -1;
+	}
+	pthread_rwlock_unlock(&h->lock);
+	fs_cache_detach(h, wrote ? &st : NULL);
+	fs_handle_remove(fs->handles, fi->fh);
+	fs_engine_count_handle(fs->engine, -1);
+	if (fs_inode_close_silly(fs->inodes, h->ino, rel, sizeof(rel)) == 1)
+		silly_cleanup(fs, h->ino, rel);
+	fs_handle_put(fs->handles, h);
+	fuse_reply_err(req, 0);
+}
+
+struct falloc_arg {
+	int mode;
+	off_t off, len;
+};
+
+static int falloc_fn(struct fs *fs, struct fs_call *c, struct fs_handle *h,
+		     void *arg)
+{
+	struct falloc_arg *a = arg;
+
+	return fallocate(h->fd, a->mode, a->off, a->len) ? -errno : 0;
+}
+
+void fs_op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
+		     off_t len, struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_req(req);
+	struct fs_handle *h = fs_handle_get(fs->handles, fi->fh);
+	struct falloc_arg a = { .mode = mode, .off = off, .len = len };
+	int ret;
+
+	if (!h) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
+	ret = fs_handle_call(fs, h, falloc_fn, &a);
+	/* holes, zeroed ranges or a new size: simply drop the file's blocks */
+	if (!ret && fs->cache)
+		fs_cache_evict_ino(fs, h->ino);
+	fs_handle_put(fs->handles, h);
+	fuse_reply_err(req, -ret);
+}
+
+struct lseek_arg {
+	off_t off;
+	int whence;
+	off_t res;              /* out */
+};
+
+static int lseek_fn(struct fs *fs, struct fs_call *c, struct fs_handle *h,
+		    void *arg)
+{
+	struct lseek_arg *a = arg;
+
+	a->res = lseek(h->fd, a->off, a->whence);
+	return a->res < 0 ? -errno : 0;
+}
+
+void fs_op_lseek(fuse_req_t req, fuse_ino_t ino, off_t off, int whence,
+		 struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_req(req);
+	struct fs_handle *h = fs_handle_get(fs->handles, fi->fh);
+	struct lseek_arg a = { .off = off, .whence = whence };
+	int ret;
+
+	if (!h) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
+	ret = fs_handle_call(fs, h, lseek_fn, &a);
+	fs_handle_put(fs->handles, h);
+	if (ret)
+		fuse_reply_err(req, -ret);
+	else
+		fuse_reply_lseek(req, a.res);
+}
+
+/*
+ * copy_file_range through read + journaled write: a server-side copy
+ * inside the engine would bypass the journal and could be lost by a crash.
+ */
+void fs_op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
+			   struct fuse_file_info *fi_in, fuse_ino_t ino_out,
+			   off_t off_out, struct fuse_file_info *fi_out,
+			   size_t len, int flags)
+{
+	struct fs *fs = fs_req(req);
+	struct fs_handle *in = fs_handle_get(fs->handles, fi_in->fh);
+	struct fs_handle *out = fs_handle_get(fs->handles, fi_out->fh);
+	char *buf = fs_rbuf();
+	size_t done = 0;
+	int ret = 0;
+
+	if (!in || !out || !buf) {
+		ret = buf ? -EBADF : -ENOMEM;
+		goto out;
+	}
+	if (flags) {
+		ret = -EINVAL;
+		goto out;
+	}
+	while (done < len && !ret) {
+		size_t want = len - done > FS_RW_MAX ? FS_RW_MAX : len - done;
+		ssize_t n = fs_handle_pread(fs, in, buf, want, off_in + done);
+
+		ret = n < 0 ? (int)n : 0;
+		if (ret || !n)
+			break;
+		ret = fs_handle_write(fs, out, buf, n, off_out + done);
+		if (!ret) {
+			fs_cache_after_write(fs, out, buf, n, off_out + done);
+			done += n;
+		}
+	}
+out:
+	if (in)
+		fs_handle_put(fs->handles, in);
+	if (out)
+		fs_handle_put(fs->handles, out);
+	if (ret && !done)
+		fuse_reply_err(req, -ret);
+	else
+		fuse_reply_write(req, done);
+}
