@@ -19,8 +19,11 @@
  *                               returned ENOTCONN/ECONNABORTED, or the
  *                               watchdog found a call stuck > hang_timeout
  *   RECOVERING -> RUNNING       restarted and every open handle reopened;
- *                               restarts back off 0,1,2,4..30 s and waiters
- *                               wait (recovery_timeout bounds the wait)
+ *                               failed restarts back off 0,1,2,4..30 s and
+ *                               waiters wait (recovery_timeout bounds the
+ *                               wait); an engine that dies again during
+ *                               the reopen and replay is a new crash and
+ *                               restarts at once (up to 3 times in a row)
  *   RUNNING    -> STOPPED       idle_timeout with no handles and no calls
  *
  * Generations: each successful start creates a struct fs_backend with a new
@@ -363,6 +366,7 @@ static void do_recover(struct fs_engine *e)
 	char err[256] = "", reason[256];
 	double t0 = e->lost_at ? e->lost_at : fs_engine_now();
 	unsigned attempt = e->attempts + 1;
+	bool lost_again = false;
 	int ret, n = 0;
 
 	snprintf(reason, sizeof(reason), "%s", e->reason);
@@ -387,6 +391,8 @@ static void do_recover(struct fs_engine *e)
 		if (n < 0) {
 			ret = n;
 			snprintf(err, sizeof(err), "%s while reopening handles", strerror(-n));
+			/* the new engine died under the replay: a new crash */
+			lost_again = n == -ENOTCONN || n == -ECONNABORTED || n == -EIO;
 		}
 	}
 
@@ -395,6 +401,7 @@ static void do_recover(struct fs_engine *e)
 		double took = fs_engine_now() - t0;
 
 		e->attempts = 0;
+		e->replay_losses = 0;
 		e->recoveries++;
 		e->lost_at = 0;
 		snprintf(e->last_recovery, sizeof(e->last_recovery),
@@ -402,9 +409,25 @@ static void do_recover(struct fs_engine *e)
 		fs_engine_log_locked(e, FS_LOG_WARN, "engine recovered in %.3f s: %d handles reopened (%s)",
 		       took, n, reason);
 		set_state(e, FS_ENGINE_RUNNING);
+	} else if (lost_again && e->replay_losses < FS_ENGINE_REPLAY_LOSSES) {
+		/*
+		 * The engine started and died again while its handles were
+		 * reopened (a kill during the replay): restart at once, the
+		 * replay starts over (it is idempotent).  The backoff is for
+		 * engines that fail to start, and takes over if this repeats.
+		 */
+		e->replay_losses++;
+		e->next_try = 0;
+		fs_engine_log_locked(e, FS_LOG_WARN, "engine lost again: %s; restarting at once", err);
+		if (e->cur) {
+			fs_engine_unlock(e);
+			fs_engine_proc_teardown(e, false);
+			pthread_mutex_lock(&e->lock);
+		}
 	} else {
 		double delay = fs_engine_backoff(++e->attempts);
 
+		e->replay_losses = 0;
 		e->next_try = fs_engine_now() + delay;
 		fs_engine_set_error_locked(e, "restart failed: %s", err);
 		fs_engine_log_locked(e, FS_LOG_ERR, "engine restart failed: %s; retrying in %g s",

@@ -18,6 +18,9 @@
 #define FS_ENGINE_MAX_SLOTS 512
 #define FS_ENGINE_GRACE_MS 5000
 #define FS_ENGINE_BACKOFF_MAX_S 30
+/* engine losses in a row during the replay after a restart that restart
+ * at once, before the start backoff applies */
+#define FS_ENGINE_REPLAY_LOSSES 3
 /* the backend directory of the proxy with pid P is <dir>/backend.P */
 #define FS_BACKEND_PREFIX "backend."
 
@@ -60,6 +63,8 @@ struct fs_engine {
 	unsigned inflight;      /* protected by lock */
 	unsigned handles;       /* protected by lock */
 	unsigned attempts;      /* protected by lock: failed tries in a row */
+	unsigned replay_losses; /* protected by lock: losses during the replay
+				 * in a row (restarted without backoff) */
 	double next_try;        /* protected by lock: monotonic seconds */
 	double started_at;      /* protected by lock */
 	double last_activity;   /* protected by lock */

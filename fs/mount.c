@@ -20,6 +20,7 @@
 #include <fuse_lowlevel.h>
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <pthread.h>
 #include <signal.h>
 #include <limits.h>
@@ -148,55 +149,83 @@ static void prom_start(struct fs *fs)
  * for a thread start and a /dev/fuse clone; metadata rates were a tenth of
  * the engine's.  WORKERS threads read /dev/fuse for the whole mount.  The
  * main thread sleeps until the session exits (unmount, or SIGTERM through
- * libfuse's handlers, which only this thread takes), then unmounts so that
- * every worker's read returns, and joins them.
+ * libfuse's handlers, which only this thread takes), then wakes every
+ * worker out of its read with SIGUSR1 (a handler without SA_RESTART, so
+ * the read returns EINTR) until all have seen the exit, and joins them.
+ * The /dev/fuse fd is closed only after that (fuse_session_unmount), never
+ * under a reader.  A worker still waiting for an engine restart is freed by
+ * shutting the engine down, which fails such waits with EIO.
  */
 #define WORKERS 16
 
+struct pool {
+	struct fuse_session *se;
+	atomic_int running;     /* workers that have not returned */
+};
+
 static void *worker_main(void *arg)
 {
-	struct fuse_session *se = arg;
+	struct pool *p = arg;
 	struct fuse_buf buf = { .mem = NULL };
 
-	while (!fuse_session_exited(se)) {
-		int res = fuse_session_receive_buf(se, &buf);
+	while (!fuse_session_exited(p->se)) {
+		int res = fuse_session_receive_buf(p->se, &buf);
 
 		if (res == -EINTR)
 			continue;
 		if (res <= 0) {
-			fuse_session_exit(se);
+			fuse_session_exit(p->se);
 			break;
 		}
-		fuse_session_process_buf(se, &buf);
+		fuse_session_process_buf(p->se, &buf);
 	}
 	free(buf.mem);
+	atomic_fetch_sub(&p->running, 1);
 	return NULL;
 }
 
-static int serve(struct fuse_session *se)
+static void wake_handler(int sig)
 {
+	(void)sig;      /* only interrupts a blocking read */
+}
+
+static int serve(struct fs *fs)
+{
+	struct sigaction sa = { .sa_handler = wake_handler };
+	struct pool p = { .se = fs->se };
 	pthread_t tid[WORKERS];
 	sigset_t block, old;
 	int n = 0, ret = 0;
 
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGUSR1, &sa, NULL);
 	sigemptyset(&block);
 	sigaddset(&block, SIGTERM);
 	sigaddset(&block, SIGINT);
 	sigaddset(&block, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &block, &old);
 	for (; n < WORKERS; n++) {
-		ret = -pthread_create(&tid[n], NULL, worker_main, se);
-		if (ret)
+		atomic_fetch_add(&p.running, 1);
+		ret = -pthread_create(&tid[n], NULL, worker_main, &p);
+		if (ret) {
+			atomic_fetch_sub(&p.running, 1);
 			break;
+		}
 	}
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (!n) {
 		fs_log(FS_LOG_ERR, "cannot start request threads: %s", strerror(-ret));
 		return ret;
 	}
-	while (!fuse_session_exited(se))
+	while (!fuse_session_exited(fs->se))
 		usleep(100000);
-	fuse_session_unmount(se);       /* wakes the workers' reads */
+	for (int round = 0; atomic_load(&p.running) > 0; round++) {
+		if (round == 20)        /* 2 s: someone waits for the engine */
+			fs_engine_shutdown(fs->engine);
+		for (int i = 0; i < n; i++)
+			pthread_kill(tid[i], SIGUSR1);
+		usleep(100000);
+	}
 	for (int i = 0; i < n; i++)
 		pthread_join(tid[i], NULL);
 	return 0;
@@ -380,7 +409,7 @@ int fs_run(struct fs *fs, int fuse_argc, char **fuse_argv)
 	if ((ret = fs_ctl_new(&fs->ctl, sock, fs_ctl_handler, fs)))
 		fs_log(FS_LOG_WARN, "cannot create control socket: %s: %s", sock, strerror(-ret));
 
-	ret = serve(fs->se);
+	ret = serve(fs);
 	fs_log(FS_LOG_INFO, "unmounting %s", fs->o->mountpoint);
 	fs_ctl_free(fs->ctl);
 	fs->ctl = NULL;
