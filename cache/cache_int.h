@@ -23,6 +23,7 @@
 
 #include <pthread.h>
 #include <stdbool.h>
+#include <time.h>
 
 #include "cache/cache.h"
 
@@ -198,24 +199,93 @@ struct cache_file {
 
 /* cache.c */
 void clog_(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static inline uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/* index.c */
+int index_init(struct cache *c);      /* 0 or -ENOMEM */
+void index_release(struct cache *c);  /* frees entries and records, not files */
 struct blkbuf *blkbuf_new(uint32_t cap);
 void blkbuf_put(struct blkbuf *b);
 struct blkbuf *blkbuf_get(struct blkbuf *b);
+struct cmeta *meta_find_locked(struct cache *c, const char *key, size_t keylen);
+/* Find or create; returns with a new reference, or NULL (ENOMEM, too long). */
+struct cmeta *meta_get_locked(struct cache *c, const char *key, size_t keylen);
 void meta_put_locked(struct cache *c, struct cmeta *m);
+/* Kill the live entries of m from block from_index on. */
+void meta_kill_blocks_locked(struct cache *c, struct cmeta *m, uint64_t from_index,
+			     struct list *reap);
 struct centry *entry_lookup_locked(struct cache *c, struct cmeta *m, uint64_t index);
+/* Make a new live entry (takes a meta reference) in tier e->tier at the LRU
+ * head, charging e->bytes to the tier. */
+void entry_insert_locked(struct cache *c, struct centry *e);
+/* Remove e from the index (it becomes dead). Its file stays and stays
+ * charged until the last pin is gone; unpinned entries go to reap. */
+void entry_kill_locked(struct cache *c, struct centry *e, struct list *reap);
+void entry_unpin_locked(struct cache *c, struct centry *e, struct list *reap);
+void entry_unpin(struct cache *c, struct centry *e);
+/* Unlink dead entries' files and release their charge. Call without lock. */
+void reap_run(struct cache *c, struct list *reap);
+/* The tier_block describing e's file (e's fields are fixed once inserted). */
+void entry_desc(const struct cache *c, const struct centry *e, struct tier_block *b);
 struct flight *flight_find_locked(struct cache *c, struct cmeta *m, uint64_t index);
-void flight_put(struct cache *c, struct flight *f);
-void flight_put_locked(struct cache *c, struct flight *f);
+struct flight *flight_new_locked(struct cache *c, struct cmeta *m, uint64_t index,
+				 enum flight_state state, bool prefetch);
+/* A successful flight stays findable (FL_DONE, with its data) until its
+ * owner has stored the block and calls flight_finish_locked(): a reader that
+ * comes in between takes the data instead of fetching the block a second
+ * time. A failed one is unlisted at once, so that the next reader tries
+ * again. */
 void flight_complete(struct cache *c, struct flight *f, int res, struct blkbuf *buf);
 void flight_finish_locked(struct cache *c, struct flight *f);
+void flight_put(struct cache *c, struct flight *f);
+void flight_put_locked(struct cache *c, struct flight *f);
+
+/* placement.c */
+/* Reserve need bytes in the first usable tier >= from that has room;
+ * returns its index or -1. */
+int reserve_locked(struct cache *c, size_t from, uint64_t need);
+/* The least recently used entry of t that is neither pinned nor moving. */
+struct centry *lru_victim_locked(struct ctier *t);
+/* Store a block fetched at generation gen (dropped with -ESTALE if the file
+ * was invalidated since). pf: the prefetch flight it came from, or NULL.
+ * Call without lock. 0 or -errno. */
 int block_store(struct cache *c, struct cmeta *m, uint64_t index, uint64_t gen,
 		const void *data, uint32_t len, struct flight *pf);
-uint64_t now_ns(void);
+
+/* mover.c */
+int mover_start(struct cache *c, char *err, size_t errlen);
+/* Stops the thread and does what it left (stores, queued promotions). */
+void mover_stop(struct cache *c);
+/* Queue pinned entry e for promotion to the top tier; takes the pin. buf:
+ * the whole block if it is in memory, else NULL and the mover reads it. */
+void promo_enqueue(struct cache *c, struct centry *e, struct blkbuf *buf);
+
+/* rebuild.c */
+/* Index the block files of every tier; sets cache.seq past all of them. */
+int cache_rebuild(struct cache *c, char *err, size_t errlen);
 
 /* prefetch.c */
 int pf_start(struct cache *c, char *err, size_t errlen);
 void pf_stop(struct cache *c);
 void pf_kick(struct cache *c);
 void pf_kick_locked(struct cache *c);
+/* Sequential detection for cf and read-ahead queueing for a read of blocks
+ * [first, last]. Returns true when the read continues a sequential run. */
+bool pf_read_ahead(struct cache_file *cf, uint64_t first, uint64_t last);
+/* Have block index fetched whole in the background: it is in flight
+ * already, or queue it for the prefetcher. The backlog is bounded (queued
+ * flights hold no buffer, 2 x prefetch_depth of them with those in flight);
+ * past it the block is left alone, and a later read of it queues it again.
+ * Returns 1 when queued here, 0 when in flight or left alone, -EAGAIN when
+ * the prefetcher cannot read this file (no path, or it failed on it
+ * recently). */
+int pf_fill_queue_locked(struct cache *c, struct cmeta *m, uint64_t index);
 
 #endif

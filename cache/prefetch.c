@@ -1,9 +1,10 @@
 /*
- * Prefetcher: one thread that owns one io_uring (no other thread touches
- * it). Readers queue flights (FL_QUEUED) on cache.pf_queue when a handle
- * reads sequentially (cache.c: prefetch_maybe); this thread starts up to
- * prefetch_depth of them at once as whole-block reads of the backend file,
- * which it opens itself (O_RDONLY, through the ring) and keeps open in a
+ * Prefetcher. Readers queue flights (FL_QUEUED) on cache.pf_queue: the
+ * blocks ahead of a handle that reads sequentially (pf_read_ahead), and the
+ * block behind a small random read that was served from the engine as is
+ * (pf_fill_queue_locked). One thread, which owns one io_uring (no other
+ * thread touches it), starts up to prefetch_depth of them at once as
+ * whole-block reads of the backend file, which it opens itself (O_RDONLY, through the ring) and keeps open in a
  * small LRU of files. A finished read goes to cache.store_q for the mover
  * to write to a tier, so that this thread keeps the engine busy; it counts
  * against prefetch_depth until stored, which bounds the queue.
@@ -27,6 +28,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <liburing.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +41,74 @@
 #define PF_GRACE_NS (5ULL * 1000000000ULL)
 #define PF_BACKOFF_NS (5ULL * 1000000000ULL)  /* after an engine error */
 #define PF_FILL_IDLE_NS (100ULL * 1000000ULL)  /* quiet time before fills start */
+
+/* ---- the producer side: readers queue blocks ---------------------------- */
+
+int pf_fill_queue_locked(struct cache *c, struct cmeta *m, uint64_t index)
+{
+	struct flight *f;
+
+	if (!m->backend_path || (m->pf_backoff_ns && now_ns() < m->pf_backoff_ns))
+		return -EAGAIN;
+	if (flight_find_locked(c, m, index) || c->pf_queued + c->pf_inflight >= 2 * c->cfg.prefetch_depth)
+		return 0;
+	f = flight_new_locked(c, m, index, FL_QUEUED, true);
+	if (!f)
+		return -EAGAIN;
+	f->fill = true;
+	list_add_tail(&c->pf_queue, &f->qlink);
+	c->pf_queued++;
+	STAT_ADD(c->st.prefetch_issued, 1);
+	return 1;
+}
+
+bool pf_read_ahead(struct cache_file *cf, uint64_t first, uint64_t last)
+{
+	struct cache *c = cf->c;
+	struct cmeta *m = cf->meta;
+	bool queued = false;
+
+	pthread_mutex_lock(&cf->slot_lock);
+	if (cf->last_block != UINT64_MAX && (first == cf->last_block || first == cf->last_block + 1)) {
+		cf->seq_run++;
+	} else {
+		cf->seq_run = 0;
+		cf->pf_until = 0;
+	}
+	cf->last_block = last;
+	if (cf->seq_run >= 1 && c->pf) {
+		uint64_t from = last + 1 > cf->pf_until ? last + 1 : cf->pf_until;
+		uint64_t to = last + c->cfg.prefetch;
+
+		pthread_mutex_lock(&c->lock);
+		if (m->pf_backoff_ns && now_ns() < m->pf_backoff_ns)
+			to = 0;     /* the engine failed us recently */
+		for (uint64_t b = from; m->backend_path && b <= to; b++) {
+			struct flight *f;
+
+			if (b * c->bs >= m->size ||
+			    c->pf_queued + c->pf_inflight >= 2 * c->cfg.prefetch_depth)
+				break;
+			cf->pf_until = b + 1;
+			if (entry_lookup_locked(c, m, b) || flight_find_locked(c, m, b))
+				continue;
+			f = flight_new_locked(c, m, b, FL_QUEUED, true);
+			if (!f)
+				break;
+			list_add_tail(&c->pf_queue, &f->qlink);
+			c->pf_queued++;
+			STAT_ADD(c->st.prefetch_issued, 1);
+			queued = true;
+		}
+		pthread_mutex_unlock(&c->lock);
+	}
+	pthread_mutex_unlock(&cf->slot_lock);
+	if (queued)
+		pf_kick(c);
+	return cf->seq_run >= 1;
+}
+
+/* ---- the prefetch thread ------------------------------------------------- */
 
 struct pf_file {
 	struct cmeta *meta;   /* holds a meta reference */
