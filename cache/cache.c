@@ -17,35 +17,15 @@
 #include "config.h"
 #endif
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cache/cache_int.h"
 
-/* ---- logging ------------------------------------------------------------ */
-
-static void (*cache_log_fn)(int level, const char *msg);
-
-void cache_set_log(void (*fn)(int level, const char *msg))
+void cache_set_log(tier_log_fn *fn)
 {
-	cache_log_fn = fn;
 	tier_set_log(fn);
-}
-
-void clog_(int level, const char *fmt, ...)
-{
-	char msg[512];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	if (cache_log_fn)
-		cache_log_fn(level, msg);
-	else if (level <= 4)
-		fprintf(stderr, "lazarusfs: %s\n", msg);
 }
 
 /* ---- lifecycle ---------------------------------------------------------- */

@@ -129,9 +129,10 @@ void cache_free(struct cache *c);
 void cache_set_wait_hooks(struct cache *c, void (*begin)(void *arg), void (*end)(void *arg),
 			  void *arg);
 
-/* Log hook for cache/ and tiers/ (level as syslog: 3 err, 4 warning, 6 info,
- * 7 debug). Set it before cache_new(). */
-void cache_set_log(void (*fn)(int level, const char *msg));
+/* Log sink for cache/ and tiers/, which share one shim (tier.h: named
+ * levels, enum tier_log_level); the same as tier_set_log(). Called from any
+ * thread, never with a cache lock held. Set it before cache_new(). */
+void cache_set_log(tier_log_fn *fn);
 
 /*
  * Open a file through the cache. key: path relative to the engine root.

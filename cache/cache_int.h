@@ -197,8 +197,8 @@ struct cache_file {
 	uint64_t pf_until;          /* last block already queued for prefetch */
 };
 
-/* cache.c */
-void clog_(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* cache/ logs through tiers/' shim, tier_log() (tier.h): one sink for both,
+ * never called with cache.lock held. */
 
 static inline uint64_t now_ns(void)
 {

@@ -56,7 +56,7 @@ static void move_block_locked(struct cache *c, struct centry *e, size_t j, struc
 		if (rret == -EBADMSG) {
 			src->st.checksum_failures++;
 			STAT_ADD(c->st.checksum_failures, 1);
-			clog_(3, "cache block checksum mismatch, dropped: tier%zu %s block %" PRIu64,
+			tier_log(TIER_LOG_ERR, "cache block checksum mismatch, dropped: tier%zu %s block %" PRIu64,
 			      from, e->meta->key, e->index);
 		} else {
 			src->st.io_errors++;

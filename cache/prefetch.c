@@ -270,14 +270,14 @@ static struct pf_file *pf_file_get(struct pf_state *p, struct cmeta *m)
 		pf_wait(p, 100);
 	if (!r->done) {
 		r->abandoned = true;   /* freed (and its fd closed) when the CQE comes */
-		clog_(4, "prefetch open abandoned: engine not answering: %s", path);
+		tier_log(TIER_LOG_WARN, "prefetch open abandoned: engine not answering: %s", path);
 		free(path);
 		return NULL;
 	}
 	res = r->res;
 	free(r);
 	if (res < 0) {
-		clog_(7, "prefetch open failed: %s: %s", path, strerror(-res));
+		tier_log(TIER_LOG_DEBUG, "prefetch open failed: %s: %s", path, strerror(-res));
 		free(path);
 		return NULL;
 	}
@@ -359,7 +359,7 @@ static void pf_read_finish(struct pf_state *p, struct pf_req *r, int err)
 	p->nreads--;
 	r->f = NULL;
 	if (err) {
-		clog_(7, "prefetch read failed, dropped: %s block %llu: %s", f->meta->key,
+		tier_log(TIER_LOG_DEBUG, "prefetch read failed, dropped: %s block %llu: %s", f->meta->key,
 		      (unsigned long long)f->index, strerror(-err));
 		pf_file_drop(p, r->file);
 	} else {
@@ -480,7 +480,7 @@ static void pf_wait(struct pf_state *p, unsigned ms)
 
 		next = l->next;
 		if (now > r->deadline) {
-			clog_(4, "prefetch read abandoned: engine not answering: %s", r->f->meta->key);
+			tier_log(TIER_LOG_WARN, "prefetch read abandoned: engine not answering: %s", r->f->meta->key);
 			r->abandoned = true;
 			pf_read_finish(p, r, -ETIMEDOUT);
 		}
@@ -596,7 +596,7 @@ void pf_kick(struct cache *c)
 	uint64_t one = 1;
 
 	if (c->pf && write(c->pf->efd, &one, sizeof(one)) < 0)
-		clog_(7, "prefetch wakeup failed: %s", strerror(errno));
+		tier_log(TIER_LOG_DEBUG, "prefetch wakeup failed: %s", strerror(errno));
 }
 
 /* Same, with cache.lock held: pf_stop() sets stop under the lock before it

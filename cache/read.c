@@ -122,11 +122,11 @@ static ssize_t entry_read_unlock(struct cache *c, struct centry *e, uint32_t off
 	if (r == -EBADMSG) {
 		STAT_ADD(t->st.checksum_failures, 1);
 		STAT_ADD(c->st.checksum_failures, 1);
-		clog_(3, "cache block checksum mismatch, dropped: tier%zu %s block %" PRIu64,
+		tier_log(TIER_LOG_ERR, "cache block checksum mismatch, dropped: tier%zu %s block %" PRIu64,
 		      ti, e->meta->key, e->index);
 	} else {
 		STAT_ADD(t->st.io_errors, 1);
-		clog_(4, "cache block read failed, dropped: tier%zu %s block %" PRIu64 ": %s",
+		tier_log(TIER_LOG_WARN, "cache block read failed, dropped: tier%zu %s block %" PRIu64 ": %s",
 		      ti, e->meta->key, e->index, strerror(-r));
 	}
 	if (whole) {

@@ -148,7 +148,7 @@ int cache_rebuild(struct cache *c, char *err, size_t errlen)
 	if (c->seq <= max_seq)
 		c->seq = max_seq + 1;
 	if (c->ntiers)
-		clog_(6, "cache ready: %zu tiers, %zu blocks indexed, %" PRIu64 " torn discarded",
+		tier_log(TIER_LOG_INFO, "cache ready: %zu tiers, %zu blocks indexed, %" PRIu64 " torn discarded",
 		      c->ntiers, c->nentries, c->st.torn_discarded);
 	return 0;
 }

@@ -72,7 +72,7 @@ out_fail:
 	if (is_dir_error(ret))
 		dir_fail(t, dir, ret, "write");
 	else
-		tlog(4, "cache write failed: %s: %s", t->dirs[dir].path, strerror(-ret));
+		tier_log(TIER_LOG_WARN, "cache write failed: %s: %s", t->dirs[dir].path, strerror(-ret));
 	return ret;
 }
 

@@ -115,13 +115,13 @@ int tier_scan(struct tier *t, int (*cb)(void *arg, const struct tier_block *b),
 					continue;   /* not ours: leave it alone */
 				r = scan_one(t->dirs[i].dirfd, rel, key, seq, &b, keybuf);
 				if (r == -EBADMSG) {
-					tlog(4, "cache block torn, discarded: %s/%s", t->dirs[i].path, rel);
+					tier_log(TIER_LOG_WARN, "cache block torn, discarded: %s/%s", t->dirs[i].path, rel);
 					uring_unlinkat(t->dirs[i].dirfd, rel);
 					ndisc++;
 					continue;
 				}
 				if (r < 0) {
-					tlog(4, "cache block unreadable, skipped: %s/%s: %s",
+					tier_log(TIER_LOG_WARN, "cache block unreadable, skipped: %s/%s: %s",
 					     t->dirs[i].path, rel, strerror(-r));
 					continue;
 				}

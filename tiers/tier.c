@@ -151,7 +151,7 @@ static int dir_ok_locked(struct tier *t, size_t i, time_t now)
 
 	if (d->failed && now >= d->retry_at) {
 		d->failed = 0;
-		tlog(6, "cache directory retried: %s", d->path);
+		tier_log(TIER_LOG_INFO, "cache directory retried: %s", d->path);
 	}
 	return !d->failed;
 }
@@ -196,6 +196,6 @@ void dir_fail(struct tier *t, size_t i, int err, const char *what)
 	t->dirs[i].retry_at = time(NULL) + t->retry_s;
 	pthread_mutex_unlock(&t->lock);
 	if (first)
-		tlog(3, "cache %s failed, directory skipped for %us: %s: %s", what, t->retry_s,
+		tier_log(TIER_LOG_ERR, "cache %s failed, directory skipped for %us: %s: %s", what, t->retry_s,
 		     t->dirs[i].path, strerror(-err));
 }

@@ -38,9 +38,6 @@ struct tier {
 	struct tier_dirstate dirs[TIER_MAX_DIRS];
 };
 
-/* log.c */
-void tlog(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
 /* tier.c: directory health */
 /* Pick a healthy directory for a new block (preferring key % ndirs), or
  * return t->ndirs when none is. */

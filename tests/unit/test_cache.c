@@ -1235,12 +1235,12 @@ static void test_passthrough(void **state)
 	free(b.data);
 }
 
-static void debug_log(int level, const char *msg)
+static void debug_log(enum tier_log_level level, const char *msg)
 {
 	struct timespec ts;
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
-	fprintf(stderr, "%ld.%03ld <%d> %s\n", (long)ts.tv_sec, ts.tv_nsec / 1000000, level, msg);
+	fprintf(stderr, "%ld.%03ld <%d> %s\n", (long)ts.tv_sec, ts.tv_nsec / 1000000, (int)level, msg);
 }
 
 int main(void)
