@@ -52,6 +52,31 @@ static inline void list_add_tail(struct list *h, struct list *n)
 }
 #define container_of(p, T, m) ((T *)((char *)(p) - offsetof(T, m)))
 
+/* A chained hash table of nodes embedded in their owners (index.c). It
+ * doubles when it holds as many nodes as buckets (on ENOMEM it keeps its
+ * size and the chains grow longer); hash_of gives a node's hash, which its
+ * owner keeps. Protected by whatever protects the owners. */
+struct hnode {
+	struct hnode *next;
+};
+
+struct htable {
+	struct hnode **b;
+	size_t size;           /* buckets, a power of two */
+	size_t n;              /* nodes */
+	uint64_t (*hash_of)(const struct hnode *n);
+};
+
+int htable_init(struct htable *t, size_t size, uint64_t (*hash_of)(const struct hnode *n));
+void htable_release(struct htable *t);   /* the buckets, not the nodes */
+void htable_add(struct htable *t, struct hnode *n);
+void htable_del(struct htable *t, struct hnode *n);
+/* First node of the chain that holds hash (walk it with ->next). */
+static inline struct hnode *htable_chain(const struct htable *t, uint64_t hash)
+{
+	return t->b[hash & (t->size - 1)];
+}
+
 #define STAT_ADD(field, n) __atomic_add_fetch(&(field), (n), __ATOMIC_RELAXED)
 #define STAT_GET(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
 
@@ -66,8 +91,8 @@ struct blkbuf {
 struct cmeta {
 	char *key;
 	uint32_t keylen;
-	uint64_t hash;
-	struct cmeta *hnext;
+	uint64_t hash;         /* XXH3 of key */
+	struct hnode hn;       /* cache.metas */
 	unsigned refs;         /* handles + entries + flights + prefetch files */
 	unsigned nblocks;      /* live entries */
 	struct list blocks;    /* live entries (centry.mlink) */
@@ -91,7 +116,7 @@ struct centry {
 	uint8_t tier;
 	bool dead, moving, prefetched;
 	unsigned pins;
-	struct centry *hnext;
+	struct hnode hn;       /* cache.entries, by key */
 	struct list lru;       /* tier LRU (live) or reap list (dead) */
 	struct list mlink;     /* meta->blocks */
 };
@@ -154,10 +179,8 @@ struct cache {
 	pthread_cond_t mover_cv;    /* work for the mover */
 	pthread_cond_t idle_cv;     /* mover/prefetcher went idle */
 	struct ctier tiers[CACHE_MAX_TIERS];   /* protected by lock */
-	struct centry **ehash;      /* protected by lock */
-	size_t ehash_size, nentries;
-	struct cmeta **mhash;       /* protected by lock */
-	size_t mhash_size, nmetas;
+	struct htable entries;      /* live centry by block key; protected by lock */
+	struct htable metas;        /* cmeta by file key; protected by lock */
 	struct list flights;        /* protected by lock */
 	uint64_t seq;               /* protected by lock */
 	struct promo promos[PROMO_MAX];  /* ring buffer, protected by lock */

@@ -16,36 +16,104 @@
 
 /* ---- tables ------------------------------------------------------------- */
 
+int htable_init(struct htable *t, size_t size, uint64_t (*hash_of)(const struct hnode *n))
+{
+	t->b = calloc(size, sizeof(*t->b));
+	t->size = size;
+	t->n = 0;
+	t->hash_of = hash_of;
+	return t->b ? 0 : -ENOMEM;
+}
+
+void htable_release(struct htable *t)
+{
+	free(t->b);
+	t->b = NULL;
+}
+
+static void htable_grow(struct htable *t)
+{
+	size_t nsize = t->size * 2;
+	struct hnode **nb = calloc(nsize, sizeof(*nb));
+
+	if (!nb)
+		return;
+	for (size_t i = 0; i < t->size; i++) {
+		struct hnode *n = t->b[i], *next;
+
+		for (; n; n = next) {
+			size_t k = t->hash_of(n) & (nsize - 1);
+
+			next = n->next;
+			n->next = nb[k];
+			nb[k] = n;
+		}
+	}
+	free(t->b);
+	t->b = nb;
+	t->size = nsize;
+}
+
+void htable_add(struct htable *t, struct hnode *n)
+{
+	struct hnode **head;
+
+	if (t->n >= t->size)
+		htable_grow(t);
+	head = &t->b[t->hash_of(n) & (t->size - 1)];
+	n->next = *head;
+	*head = n;
+	t->n++;
+}
+
+void htable_del(struct htable *t, struct hnode *n)
+{
+	for (struct hnode **pp = &t->b[t->hash_of(n) & (t->size - 1)]; *pp; pp = &(*pp)->next) {
+		if (*pp == n) {
+			*pp = n->next;
+			t->n--;
+			return;
+		}
+	}
+}
+
+static uint64_t meta_hash(const struct hnode *n)
+{
+	return container_of(n, struct cmeta, hn)->hash;
+}
+
+static uint64_t entry_hash(const struct hnode *n)
+{
+	return container_of(n, struct centry, hn)->key;
+}
+
 int index_init(struct cache *c)
 {
-	c->ehash_size = c->mhash_size = 1024;
-	c->ehash = calloc(c->ehash_size, sizeof(*c->ehash));
-	c->mhash = calloc(c->mhash_size, sizeof(*c->mhash));
-	return c->ehash && c->mhash ? 0 : -ENOMEM;
+	int ret = htable_init(&c->entries, 1024, entry_hash);
+
+	return ret ? ret : htable_init(&c->metas, 1024, meta_hash);
 }
 
 void index_release(struct cache *c)
 {
-	for (size_t i = 0; c->ehash && i < c->ehash_size; i++) {
-		struct centry *e = c->ehash[i], *next;
-
-		for (; e; e = next) {
-			next = e->hnext;
-			free(e);
+	for (size_t i = 0; c->entries.b && i < c->entries.size; i++) {
+		for (struct hnode *n = c->entries.b[i], *next; n; n = next) {
+			next = n->next;
+			free(container_of(n, struct centry, hn));
 		}
 	}
-	for (size_t i = 0; c->mhash && i < c->mhash_size; i++) {
-		struct cmeta *m = c->mhash[i], *next;
+	for (size_t i = 0; c->metas.b && i < c->metas.size; i++) {
+		for (struct hnode *n = c->metas.b[i], *next; n; n = next) {
+			struct cmeta *m = container_of(n, struct cmeta, hn);
 
-		for (; m; m = next) {
-			next = m->hnext;
+			next = n->next;
 			free(m->backend_path);
 			free(m->key);
 			free(m);
 		}
 	}
-	free(c->ehash);
-	free(c->mhash);
+	htable_release(&c->entries);
+	htable_release(&c->metas);
 }
 
 /* ---- buffers ------------------------------------------------------------ */
@@ -79,39 +147,19 @@ void blkbuf_put(struct blkbuf *b)
 struct cmeta *meta_find_locked(struct cache *c, const char *key, size_t keylen)
 {
 	uint64_t h = XXH3_64bits(key, keylen);
-	struct cmeta *m;
 
-	for (m = c->mhash[h & (c->mhash_size - 1)]; m; m = m->hnext)
+	for (struct hnode *n = htable_chain(&c->metas, h); n; n = n->next) {
+		struct cmeta *m = container_of(n, struct cmeta, hn);
+
 		if (m->hash == h && m->keylen == keylen && !memcmp(m->key, key, keylen))
 			return m;
-	return NULL;
-}
-
-static void mhash_grow_locked(struct cache *c)
-{
-	size_t nsize = c->mhash_size * 2;
-	struct cmeta **nh = calloc(nsize, sizeof(*nh));
-
-	if (!nh)
-		return;
-	for (size_t i = 0; i < c->mhash_size; i++) {
-		struct cmeta *m = c->mhash[i], *next;
-
-		for (; m; m = next) {
-			next = m->hnext;
-			m->hnext = nh[m->hash & (nsize - 1)];
-			nh[m->hash & (nsize - 1)] = m;
-		}
 	}
-	free(c->mhash);
-	c->mhash = nh;
-	c->mhash_size = nsize;
+	return NULL;
 }
 
 struct cmeta *meta_get_locked(struct cache *c, const char *key, size_t keylen)
 {
 	struct cmeta *m = meta_find_locked(c, key, keylen);
-	size_t b;
 
 	if (m) {
 		m->refs++;
@@ -128,28 +176,15 @@ struct cmeta *meta_get_locked(struct cache *c, const char *key, size_t keylen)
 	m->hash = XXH3_64bits(key, keylen);
 	m->refs = 1;
 	list_init(&m->blocks);
-	if (c->nmetas >= c->mhash_size)
-		mhash_grow_locked(c);
-	b = m->hash & (c->mhash_size - 1);
-	m->hnext = c->mhash[b];
-	c->mhash[b] = m;
-	c->nmetas++;
+	htable_add(&c->metas, &m->hn);
 	return m;
 }
 
 void meta_put_locked(struct cache *c, struct cmeta *m)
 {
-	struct cmeta **pp;
-
 	if (--m->refs > 0)
 		return;
-	for (pp = &c->mhash[m->hash & (c->mhash_size - 1)]; *pp; pp = &(*pp)->hnext) {
-		if (*pp == m) {
-			*pp = m->hnext;
-			break;
-		}
-	}
-	c->nmetas--;
+	htable_del(&c->metas, &m->hn);
 	free(m->backend_path);
 	free(m->key);
 	free(m);
@@ -157,54 +192,24 @@ void meta_put_locked(struct cache *c, struct cmeta *m)
 
 /* ---- entries ------------------------------------------------------------ */
 
-static size_t ehash_bucket(const struct cache *c, uint64_t key)
-{
-	return (size_t)(key & (c->ehash_size - 1));
-}
-
-static void ehash_grow_locked(struct cache *c)
-{
-	size_t nsize = c->ehash_size * 2;
-	struct centry **nh = calloc(nsize, sizeof(*nh));
-
-	if (!nh)
-		return;
-	for (size_t i = 0; i < c->ehash_size; i++) {
-		struct centry *e = c->ehash[i], *next;
-
-		for (; e; e = next) {
-			next = e->hnext;
-			e->hnext = nh[e->key & (nsize - 1)];
-			nh[e->key & (nsize - 1)] = e;
-		}
-	}
-	free(c->ehash);
-	c->ehash = nh;
-	c->ehash_size = nsize;
-}
-
 struct centry *entry_lookup_locked(struct cache *c, struct cmeta *m, uint64_t index)
 {
 	uint64_t key = tier_block_key(m->key, m->keylen, index);
-	struct centry *e;
 
-	for (e = c->ehash[ehash_bucket(c, key)]; e; e = e->hnext)
+	for (struct hnode *n = htable_chain(&c->entries, key); n; n = n->next) {
+		struct centry *e = container_of(n, struct centry, hn);
+
 		if (e->key == key && e->meta == m && e->index == index)
 			return e;
+	}
 	return NULL;
 }
 
 void entry_insert_locked(struct cache *c, struct centry *e)
 {
 	struct ctier *t = &c->tiers[e->tier];
-	size_t b;
 
-	if (c->nentries >= c->ehash_size)
-		ehash_grow_locked(c);
-	b = ehash_bucket(c, e->key);
-	e->hnext = c->ehash[b];
-	c->ehash[b] = e;
-	c->nentries++;
+	htable_add(&c->entries, &e->hn);
 	e->meta->refs++;
 	e->meta->nblocks++;
 	list_add_tail(&e->meta->blocks, &e->mlink);
@@ -217,17 +222,9 @@ void entry_insert_locked(struct cache *c, struct centry *e)
 
 void entry_kill_locked(struct cache *c, struct centry *e, struct list *reap)
 {
-	struct centry **pp;
-
 	if (e->dead)
 		return;
-	for (pp = &c->ehash[ehash_bucket(c, e->key)]; *pp; pp = &(*pp)->hnext) {
-		if (*pp == e) {
-			*pp = e->hnext;
-			break;
-		}
-	}
-	c->nentries--;
+	htable_del(&c->entries, &e->hn);
 	list_del(&e->lru);
 	list_del(&e->mlink);
 	e->meta->nblocks--;

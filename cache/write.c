@@ -140,8 +140,10 @@ int cache_evict(struct cache *c, const char *key_prefix)
 
 	list_init(&reap);
 	pthread_mutex_lock(&c->lock);
-	for (size_t i = 0; i < c->mhash_size; i++) {
-		for (struct cmeta *m = c->mhash[i]; m; m = m->hnext) {
+	for (size_t i = 0; i < c->metas.size; i++) {
+		for (struct hnode *hn = c->metas.b[i]; hn; hn = hn->next) {
+			struct cmeta *m = container_of(hn, struct cmeta, hn);
+
 			if (!key_matches(m->key, key_prefix))
 				continue;
 			n += (int)m->nblocks;
