@@ -145,15 +145,10 @@ void tier_set_retry(struct tier *t, unsigned seconds)
 	pthread_mutex_unlock(&t->lock);
 }
 
-static int dir_ok_locked(struct tier *t, size_t i, time_t now)
+/* Healthy, or failed long enough ago to be tried again. */
+static int dir_ok_locked(const struct tier *t, size_t i, time_t now)
 {
-	struct tier_dirstate *d = &t->dirs[i];
-
-	if (d->failed && now >= d->retry_at) {
-		d->failed = 0;
-		tier_log(TIER_LOG_INFO, "cache directory retried: %s", d->path);
-	}
-	return !d->failed;
+	return !t->dirs[i].failed || now >= t->dirs[i].retry_at;
 }
 
 int tier_usable(struct tier *t)
@@ -172,6 +167,7 @@ size_t dir_pick(struct tier *t, uint64_t key)
 {
 	time_t now = time(NULL);
 	size_t dir = t->ndirs;
+	int retried = 0;
 
 	pthread_mutex_lock(&t->lock);
 	for (size_t k = 0; k < t->ndirs; k++) {
@@ -179,23 +175,30 @@ size_t dir_pick(struct tier *t, uint64_t key)
 
 		if (dir_ok_locked(t, i, now)) {
 			dir = i;
+			retried = t->dirs[i].failed;
+			t->dirs[i].failed = 0;
 			break;
 		}
 	}
 	pthread_mutex_unlock(&t->lock);
+	if (retried)
+		tier_log(TIER_LOG_INFO, "cache directory retried: %s", t->dirs[dir].path);
 	return dir;
 }
 
 void dir_fail(struct tier *t, size_t i, int err, const char *what)
 {
+	time_t now = time(NULL);
+	unsigned retry_s;
 	int first;
 
 	pthread_mutex_lock(&t->lock);
-	first = !t->dirs[i].failed;
+	first = dir_ok_locked(t, i, now);   /* the first failure since it was healthy */
+	retry_s = t->retry_s;
 	t->dirs[i].failed = 1;
-	t->dirs[i].retry_at = time(NULL) + t->retry_s;
+	t->dirs[i].retry_at = now + retry_s;
 	pthread_mutex_unlock(&t->lock);
 	if (first)
-		tier_log(TIER_LOG_ERR, "cache %s failed, directory skipped for %us: %s: %s", what, t->retry_s,
-		     t->dirs[i].path, strerror(-err));
+		tier_log(TIER_LOG_ERR, "cache %s failed, directory skipped for %us: %s: %s", what, retry_s,
+			 t->dirs[i].path, strerror(-err));
 }

@@ -32,7 +32,9 @@
  * read time.
  *
  * Locking: struct tier has one internal mutex guarding the per-directory
- * health flags; it is never held across I/O. All functions are thread-safe.
+ * health flags; it is never held across I/O or logging, and no other lock
+ * is taken under it, so callers may hold their own (cache/ calls
+ * tier_usable() under cache.lock). All functions are thread-safe.
  */
 #ifndef LAZARUS_TIER_H
 #define LAZARUS_TIER_H
