@@ -120,7 +120,8 @@ void cache_free(struct cache *c)
 	if (!c)
 		return;
 	pf_stop(c);
-	mover_stop(c);
+	mover_stop(c);      /* stores what the prefetcher left, kicking it */
+	pf_free(c);
 	index_release(c);   /* block files stay for the next start */
 	for (size_t i = 0; i < c->ntiers; i++)
 		tier_close(c->tiers[i].store);

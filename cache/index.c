@@ -8,6 +8,7 @@
 #include "config.h"
 #endif
 #include <errno.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
@@ -266,6 +267,22 @@ void reap_run(struct cache *c, struct list *reap)
 		meta_put_locked(c, e->meta);
 		pthread_mutex_unlock(&c->lock);
 		free(e);
+	}
+}
+
+void entry_read_failed(struct cache *c, const struct centry *e, int err)
+{
+	size_t ti = e->tier;
+
+	if (err == -EBADMSG) {
+		STAT_ADD(c->tiers[ti].st.checksum_failures, 1);
+		STAT_ADD(c->st.checksum_failures, 1);
+		tier_log(TIER_LOG_ERR, "cache block checksum mismatch, dropped: tier%zu %s block %" PRIu64,
+			 ti, e->meta->key, e->index);
+	} else {
+		STAT_ADD(c->tiers[ti].st.io_errors, 1);
+		tier_log(TIER_LOG_WARN, "cache block read failed, dropped: tier%zu %s block %" PRIu64 ": %s",
+			 ti, e->meta->key, e->index, strerror(-err));
 	}
 }
 

@@ -10,7 +10,6 @@
 #include "config.h"
 #endif
 #include <errno.h>
-#include <inttypes.h>
 #include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
@@ -46,22 +45,15 @@ static void move_block_locked(struct cache *c, struct centry *e, size_t j, struc
 	}
 	if (rret >= 0)
 		wret = tier_write(dst->store, &db, buf->data);
+	else
+		entry_read_failed(c, e, rret);
 	blkbuf_put(buf);
 
 	pthread_mutex_lock(&c->lock);
 	dst->reserved -= e->bytes;
 	e->moving = false;
 	if (rret < 0) {
-		/* the source block is bad or unreadable: drop it */
-		if (rret == -EBADMSG) {
-			src->st.checksum_failures++;
-			STAT_ADD(c->st.checksum_failures, 1);
-			tier_log(TIER_LOG_ERR, "cache block checksum mismatch, dropped: tier%zu %s block %" PRIu64,
-			      from, e->meta->key, e->index);
-		} else {
-			src->st.io_errors++;
-		}
-		entry_kill_locked(c, e, &reap);
+		entry_kill_locked(c, e, &reap);   /* bad or unreadable: drop it */
 	} else if (wret < 0) {
 		dst->st.write_errors++;
 	} else if (e->dead) {
@@ -115,7 +107,9 @@ static bool store_step_locked(struct cache *c)
 	c->pf_inflight--;
 	pthread_cond_broadcast(&c->idle_cv);
 	flight_finish_locked(c, f);
-	pf_kick_locked(c);        /* it may be waiting for room under prefetch_depth */
+	pthread_mutex_unlock(&c->lock);
+	pf_kick(c);               /* it may be waiting for room under prefetch_depth */
+	pthread_mutex_lock(&c->lock);
 	return true;
 }
 
@@ -257,10 +251,14 @@ int mover_start(struct cache *c, char *err, size_t errlen)
 {
 	int ret;
 
+	pthread_mutex_lock(&c->lock);
 	c->running = true;
+	pthread_mutex_unlock(&c->lock);
 	ret = -pthread_create(&c->mover, NULL, mover_main, c);
 	if (ret < 0) {
+		pthread_mutex_lock(&c->lock);
 		c->running = false;
+		pthread_mutex_unlock(&c->lock);
 		snprintf(err, errlen, "cache thread start failed: %s", strerror(-ret));
 	}
 	return ret;

@@ -66,7 +66,7 @@ bool pf_read_ahead(struct cache_file *cf, uint64_t first, uint64_t last)
 {
 	struct cache *c = cf->c;
 	struct cmeta *m = cf->meta;
-	bool queued = false;
+	bool queued = false, seq;
 
 	pthread_mutex_lock(&cf->slot_lock);
 	if (cf->last_block != UINT64_MAX && (first == cf->last_block || first == cf->last_block + 1)) {
@@ -76,7 +76,8 @@ bool pf_read_ahead(struct cache_file *cf, uint64_t first, uint64_t last)
 		cf->pf_until = 0;
 	}
 	cf->last_block = last;
-	if (cf->seq_run >= 1 && c->pf) {
+	seq = cf->seq_run >= 1;
+	if (seq && c->pf) {
 		uint64_t from = last + 1 > cf->pf_until ? last + 1 : cf->pf_until;
 		uint64_t to = last + c->cfg.prefetch;
 
@@ -105,7 +106,7 @@ bool pf_read_ahead(struct cache_file *cf, uint64_t first, uint64_t last)
 	pthread_mutex_unlock(&cf->slot_lock);
 	if (queued)
 		pf_kick(c);
-	return cf->seq_run >= 1;
+	return seq;
 }
 
 /* ---- the prefetch thread ------------------------------------------------- */
@@ -133,17 +134,18 @@ struct pf_req {
 };
 
 struct pf_state {
+	/* fixed after pf_start */
 	struct cache *c;
-	struct io_uring ring;
-	int efd;
-	uint64_t efd_val;
-	struct pf_req wake;
-	int tag;
+	int efd;              /* pf_kick() writes it, from any thread */
+	int tag;              /* user_data of link timeouts and closes */
 	struct __kernel_timespec ts;
 	uint64_t timeout_ns;
 	pthread_t thread;
 	bool stop;            /* protected by cache.lock */
 	/* owned by the prefetch thread */
+	struct io_uring ring;
+	uint64_t efd_val;
+	struct pf_req wake;
 	struct list files, reads, abandoned;
 	unsigned nfiles, nreads;
 };
@@ -599,14 +601,6 @@ void pf_kick(struct cache *c)
 		tier_log(TIER_LOG_DEBUG, "prefetch wakeup failed: %s", strerror(errno));
 }
 
-/* Same, with cache.lock held: pf_stop() sets stop under the lock before it
- * frees the state, so a kick that sees stop false is safe. */
-void pf_kick_locked(struct cache *c)
-{
-	if (c->pf && !c->pf->stop)
-		pf_kick(c);
-}
-
 void pf_stop(struct cache *c)
 {
 	struct pf_state *p = c->pf;
@@ -618,9 +612,15 @@ void pf_stop(struct cache *c)
 	pthread_mutex_unlock(&c->lock);
 	pf_kick(c);
 	pthread_join(p->thread, NULL);
-	pthread_mutex_lock(&c->lock);
-	c->pf = NULL;             /* see pf_kick_locked() */
-	pthread_mutex_unlock(&c->lock);
+}
+
+void pf_free(struct cache *c)
+{
+	struct pf_state *p = c->pf;
+
+	if (!p)
+		return;
+	c->pf = NULL;
 	io_uring_queue_exit(&p->ring);
 	close(p->efd);
 	free(p);

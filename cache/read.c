@@ -16,7 +16,6 @@
 #include "config.h"
 #endif
 #include <errno.h>
-#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -119,16 +118,7 @@ static ssize_t entry_read_unlock(struct cache *c, struct centry *e, uint32_t off
 			entry_unpin(c, e);
 		return r;
 	}
-	if (r == -EBADMSG) {
-		STAT_ADD(t->st.checksum_failures, 1);
-		STAT_ADD(c->st.checksum_failures, 1);
-		tier_log(TIER_LOG_ERR, "cache block checksum mismatch, dropped: tier%zu %s block %" PRIu64,
-		      ti, e->meta->key, e->index);
-	} else {
-		STAT_ADD(t->st.io_errors, 1);
-		tier_log(TIER_LOG_WARN, "cache block read failed, dropped: tier%zu %s block %" PRIu64 ": %s",
-		      ti, e->meta->key, e->index, strerror(-r));
-	}
+	entry_read_failed(c, e, r);
 	if (whole) {
 		blkbuf_put(*whole);
 		*whole = NULL;

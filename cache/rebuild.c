@@ -136,7 +136,7 @@ int cache_rebuild(struct cache *c, char *err, size_t errlen)
 				 tier_dir(c->tiers[i].store, 0), strerror(-ret));
 			return ret;
 		}
-		c->st.torn_discarded += disc;
+		STAT_ADD(c->st.torn_discarded, disc);
 		if (x.max_seq > max_seq)
 			max_seq = x.max_seq;
 	}
@@ -149,6 +149,6 @@ int cache_rebuild(struct cache *c, char *err, size_t errlen)
 		c->seq = max_seq + 1;
 	if (c->ntiers)
 		tier_log(TIER_LOG_INFO, "cache ready: %zu tiers, %zu blocks indexed, %" PRIu64 " torn discarded",
-		      c->ntiers, c->entries.n, c->st.torn_discarded);
+		      c->ntiers, c->entries.n, STAT_GET(c->st.torn_discarded));
 	return 0;
 }
