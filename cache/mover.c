@@ -25,6 +25,7 @@ static void move_block_locked(struct cache *c, struct centry *e, size_t j, struc
 	struct ctier *src = &c->tiers[e->tier], *dst = &c->tiers[j];
 	size_t from = e->tier;
 	struct tier_block sb, db;
+	struct centry *e2;
 	struct list reap;
 
 	list_init(&reap);
@@ -56,32 +57,25 @@ static void move_block_locked(struct cache *c, struct centry *e, size_t j, struc
 		entry_kill_locked(c, e, &reap);   /* bad or unreadable: drop it */
 	} else if (wret < 0) {
 		dst->st.write_errors++;
-	} else if (e->dead) {
+	} else if (e->dead || !(e2 = malloc(sizeof(*e2)))) {
+		/* dropped meanwhile (or no memory): the copy goes */
 		pthread_mutex_unlock(&c->lock);
 		tier_remove(dst->store, &db);
 		pthread_mutex_lock(&c->lock);
 	} else {
-		struct centry *e2 = malloc(sizeof(*e2));
-
-		if (!e2) {
-			pthread_mutex_unlock(&c->lock);
-			tier_remove(dst->store, &db);
-			pthread_mutex_lock(&c->lock);
-		} else {
-			*e2 = *e;
-			e2->pins = 0;
-			e2->dead = e2->moving = false;
-			e2->tier = (uint8_t)j;
-			e2->dir = db.dir;
-			e2->seq = db.seq;
-			e->prefetched = false;   /* moved, not wasted */
-			entry_kill_locked(c, e, &reap);
-			entry_insert_locked(c, e2);
-			if (j > from)
-				src->st.demotions++;
-			else
-				src->st.promotions++;
-		}
+		*e2 = *e;
+		e2->pins = 0;
+		e2->dead = e2->moving = false;
+		e2->tier = (uint8_t)j;
+		e2->dir = db.dir;
+		e2->seq = db.seq;
+		e->prefetched = false;   /* moved, not wasted */
+		entry_kill_locked(c, e, &reap);
+		entry_insert_locked(c, e2);
+		if (j > from)
+			src->st.demotions++;
+		else
+			src->st.promotions++;
 	}
 	entry_unpin_locked(c, e, &reap);
 	if (!list_empty(&reap)) {

@@ -44,22 +44,39 @@
 
 /* ---- the producer side: readers queue blocks ---------------------------- */
 
-int pf_fill_queue_locked(struct cache *c, struct cmeta *m, uint64_t index)
+/* The engine failed a prefetch of m recently: leave m alone for a while. */
+static bool pf_backing_off_locked(const struct cmeta *m)
 {
-	struct flight *f;
+	return m->pf_backoff_ns && now_ns() < m->pf_backoff_ns;
+}
 
-	if (!m->backend_path || (m->pf_backoff_ns && now_ns() < m->pf_backoff_ns))
-		return -EAGAIN;
-	if (flight_find_locked(c, m, index) || c->pf_queued + c->pf_inflight >= 2 * c->cfg.prefetch_depth)
-		return 0;
-	f = flight_new_locked(c, m, index, FL_QUEUED, true);
+/* The backlog bound: queued flights hold no buffer, in-flight ones do. */
+static bool pf_backlog_full_locked(const struct cache *c)
+{
+	return c->pf_queued + c->pf_inflight >= 2 * c->cfg.prefetch_depth;
+}
+
+/* Queue block index of m for the prefetch thread (the caller kicks it). */
+static struct flight *pf_queue_locked(struct cache *c, struct cmeta *m, uint64_t index, bool fill)
+{
+	struct flight *f = flight_new_locked(c, m, index, FL_QUEUED, true);
+
 	if (!f)
-		return -EAGAIN;
-	f->fill = true;
+		return NULL;
+	f->fill = fill;
 	list_add_tail(&c->pf_queue, &f->qlink);
 	c->pf_queued++;
 	STAT_ADD(c->st.prefetch_issued, 1);
-	return 1;
+	return f;
+}
+
+int pf_fill_queue_locked(struct cache *c, struct cmeta *m, uint64_t index)
+{
+	if (!m->backend_path || pf_backing_off_locked(m))
+		return -EAGAIN;
+	if (flight_find_locked(c, m, index) || pf_backlog_full_locked(c))
+		return 0;
+	return pf_queue_locked(c, m, index, true) ? 1 : -EAGAIN;
 }
 
 bool pf_read_ahead(struct cache_file *cf, uint64_t first, uint64_t last)
@@ -82,23 +99,16 @@ bool pf_read_ahead(struct cache_file *cf, uint64_t first, uint64_t last)
 		uint64_t to = last + c->cfg.prefetch;
 
 		pthread_mutex_lock(&c->lock);
-		if (m->pf_backoff_ns && now_ns() < m->pf_backoff_ns)
-			to = 0;     /* the engine failed us recently */
+		if (pf_backing_off_locked(m))
+			to = 0;
 		for (uint64_t b = from; m->backend_path && b <= to; b++) {
-			struct flight *f;
-
-			if (b * c->bs >= m->size ||
-			    c->pf_queued + c->pf_inflight >= 2 * c->cfg.prefetch_depth)
+			if (b * c->bs >= m->size || pf_backlog_full_locked(c))
 				break;
 			cf->pf_until = b + 1;
 			if (entry_lookup_locked(c, m, b) || flight_find_locked(c, m, b))
 				continue;
-			f = flight_new_locked(c, m, b, FL_QUEUED, true);
-			if (!f)
+			if (!pf_queue_locked(c, m, b, false))
 				break;
-			list_add_tail(&c->pf_queue, &f->qlink);
-			c->pf_queued++;
-			STAT_ADD(c->st.prefetch_issued, 1);
 			queued = true;
 		}
 		pthread_mutex_unlock(&c->lock);
@@ -387,7 +397,7 @@ static void pf_begin(struct pf_state *p, struct flight *f)
 	bool backoff;
 
 	pthread_mutex_lock(&c->lock);
-	backoff = f->meta->pf_backoff_ns && now_ns() < f->meta->pf_backoff_ns;
+	backoff = pf_backing_off_locked(f->meta);
 	pthread_mutex_unlock(&c->lock);
 	if (!backoff)
 		pf = pf_file_get(p, f->meta);   /* may wait for the engine */
