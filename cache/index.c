@@ -259,7 +259,8 @@ void reap_run(struct cache *c, struct list *reap)
 		entry_desc(c, e, &b);
 		ret = tier_remove(c->tiers[e->tier].store, &b);
 		if (ret < 0 && ret != -ENOENT)
-			tier_log(TIER_LOG_WARN, "cache block unlink failed: %s", strerror(-ret));
+			tier_log(TIER_LOG_WARN, "cache block unlink failed: tier%u %s block %" PRIu64 ": %s",
+				 (unsigned)e->tier, e->meta->key, e->index, strerror(-ret));
 		pthread_mutex_lock(&c->lock);
 		c->tiers[e->tier].used -= e->bytes;
 		c->tiers[e->tier].freeing -= e->bytes;

@@ -253,7 +253,7 @@ int mover_start(struct cache *c, char *err, size_t errlen)
 		pthread_mutex_lock(&c->lock);
 		c->running = false;
 		pthread_mutex_unlock(&c->lock);
-		snprintf(err, errlen, "cache thread start failed: %s", strerror(-ret));
+		snprintf(err, errlen, "cache thread start failed: mover: %s", strerror(-ret));
 	}
 	return ret;
 }

@@ -282,7 +282,7 @@ static struct pf_file *pf_file_get(struct pf_state *p, struct cmeta *m)
 		pf_wait(p, 100);
 	if (!r->done) {
 		r->abandoned = true;   /* freed (and its fd closed) when the CQE comes */
-		tier_log(TIER_LOG_WARN, "prefetch open abandoned: engine not answering: %s", path);
+		tier_log(TIER_LOG_WARN, "prefetch open abandoned: %s: engine not answering", path);
 		free(path);
 		return NULL;
 	}
@@ -492,7 +492,8 @@ static void pf_wait(struct pf_state *p, unsigned ms)
 
 		next = l->next;
 		if (now > r->deadline) {
-			tier_log(TIER_LOG_WARN, "prefetch read abandoned: engine not answering: %s", r->f->meta->key);
+			tier_log(TIER_LOG_WARN, "prefetch read abandoned: %s block %llu: engine not answering",
+				 r->f->meta->key, (unsigned long long)r->f->index);
 			r->abandoned = true;
 			pf_read_finish(p, r, -ETIMEDOUT);
 		}
@@ -566,6 +567,7 @@ int pf_start(struct cache *c, char *err, size_t errlen)
 {
 	struct pf_state *p = calloc(1, sizeof(*p));
 	unsigned entries = 2 * c->cfg.prefetch_depth + 16;
+	const char *what = "eventfd";
 	int ret;
 
 	if (!p)
@@ -582,10 +584,12 @@ int pf_start(struct cache *c, char *err, size_t errlen)
 		ret = -errno;
 		goto out_free;
 	}
+	what = "io_uring setup";
 	ret = io_uring_queue_init(entries, &p->ring, 0);
 	if (ret < 0)
 		goto out_close;
 	c->pf = p;
+	what = "thread";
 	ret = -pthread_create(&p->thread, NULL, pf_main, p);
 	if (ret < 0) {
 		c->pf = NULL;
@@ -599,7 +603,7 @@ out_close:
 	close(p->efd);
 out_free:
 	free(p);
-	snprintf(err, errlen, "prefetch start failed: %s", strerror(-ret));
+	snprintf(err, errlen, "prefetch start failed: %s: %s", what, strerror(-ret));
 	return ret;
 }
 
@@ -608,7 +612,7 @@ void pf_kick(struct cache *c)
 	uint64_t one = 1;
 
 	if (c->pf && write(c->pf->efd, &one, sizeof(one)) < 0)
-		tier_log(TIER_LOG_DEBUG, "prefetch wakeup failed: %s", strerror(errno));
+		tier_log(TIER_LOG_DEBUG, "prefetch wakeup failed: eventfd: %s", strerror(errno));
 }
 
 void pf_stop(struct cache *c)

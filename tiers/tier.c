@@ -43,12 +43,12 @@ int tier_open(struct tier **out, enum tier_medium medium, const char *const *dir
 
 	*out = NULL;
 	if (ndirs == 0 || ndirs > TIER_MAX_DIRS)
-		return errset(err, errlen, -EINVAL, "tier %s: need 1 to %d directories",
-			      tier_medium_name(medium), TIER_MAX_DIRS);
+		return errset(err, errlen, -EINVAL, "bad tier %s: %zu directories (1 to %d)",
+			      tier_medium_name(medium), ndirs, TIER_MAX_DIRS);
 	ret = uring_ready();
 	if (ret < 0)
-		return errset(err, errlen, ret, "io_uring setup failed (needed by the cache): %s",
-			      strerror(-ret));
+		return errset(err, errlen, ret, "io_uring setup failed: cache tier %s: %s",
+			      tier_medium_name(medium), strerror(-ret));
 	t = calloc(1, sizeof(*t));
 	if (!t)
 		return errset(err, errlen, -ENOMEM, "out of memory");
@@ -74,7 +74,8 @@ int tier_open(struct tier **out, enum tier_medium medium, const char *const *dir
 			goto out_close;
 		}
 		if (!S_ISDIR(st.st_mode)) {
-			ret = errset(err, errlen, -ENOTDIR, "cache directory is not a directory: %s", dirs[i]);
+			ret = errset(err, errlen, -ENOTDIR, "cache directory unusable: %s: %s", dirs[i],
+				     strerror(ENOTDIR));
 			goto out_close;
 		}
 		if (access(dirs[i], W_OK | X_OK) < 0) {

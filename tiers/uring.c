@@ -57,7 +57,7 @@ static struct io_uring *ring_get(void)
 	if (ret < 0) {
 		free(ring);
 		tls_ring_err = ret;
-		tier_log(TIER_LOG_ERR, "io_uring setup failed: %s", strerror(-ret));
+		tier_log(TIER_LOG_ERR, "io_uring setup failed: thread ring: %s", strerror(-ret));
 		return NULL;
 	}
 	pthread_setspecific(ring_key, ring);
