@@ -48,10 +48,11 @@
  *  - blkbuf.refs is atomic; cmeta.gen is written atomically under
  *    cache.lock and read without it by slot_find().
  *
- * Fixed once set, read without a lock: cache.cfg, state_dir, bs, ntiers,
- * the wait hooks and each ctier's store, medium, verify, quota, high and
- * low (set in cache_new before any thread starts); cache.pf (set before the
- * prefetch thread starts, cleared by cache_free once every thread is gone);
+ * Fixed once set, read without a lock: cache.cfg, state_dir, bs, ntiers
+ * and each ctier's store, medium, verify, quota, high and low (set in
+ * cache_new before any thread starts); the wait hooks (set before the first
+ * cache_read); cache.pf (set before the prefetch thread starts, cleared by
+ * cache_free once every thread is gone);
  * a cmeta's key, keylen and hash; a centry's identity and placement (key,
  * seq, index, meta, bytes, file_size, file_mtime_ns, len, dir, tier: a move
  * makes a new entry), so a pin holder reads them unlocked; a flight's meta,

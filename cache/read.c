@@ -21,8 +21,6 @@
 
 #include "cache/cache_int.h"
 
-/* ---- read --------------------------------------------------------------- */
-
 static ssize_t engine_fetch(struct cache *c, cache_fetch_fn fetch, void *arg, char *buf,
 			    size_t len, off_t off)
 {
