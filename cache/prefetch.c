@@ -4,10 +4,13 @@
  * block behind a small random read that was served from the engine as is
  * (pf_fill_queue_locked). One thread, which owns one io_uring (no other
  * thread touches it), starts up to prefetch_depth of them at once as
- * whole-block reads of the backend file, which it opens itself (O_RDONLY, through the ring) and keeps open in a
- * small LRU of files. A finished read goes to cache.store_q for the mover
- * to write to a tier, so that this thread keeps the engine busy; it counts
- * against prefetch_depth until stored, which bounds the queue.
+ * whole-block reads of the backend file, which it opens itself (O_RDONLY,
+ * through the ring) and keeps open in a small LRU of files. A finished
+ * read goes to cache.store_q for the mover to write to a tier, so that this
+ * thread keeps the engine busy; it counts against prefetch_depth until
+ * stored, which bounds the queue. The thread's state lives until
+ * cache_free() has stopped the mover too (pf_stop, then pf_free), so the
+ * mover may wake it (pf_kick) without a lock.
  *
  * Every open and read is linked to an IORING_OP_LINK_TIMEOUT of
  * prefetch_timeout seconds, so a hung engine cancels them; a request whose
@@ -151,7 +154,8 @@ struct pf_state {
 	struct __kernel_timespec ts;
 	uint64_t timeout_ns;
 	pthread_t thread;
-	bool stop;            /* protected by cache.lock */
+	/* protected by cache.lock */
+	bool stop;
 	/* owned by the prefetch thread */
 	struct io_uring ring;
 	uint64_t efd_val;
