@@ -24,9 +24,11 @@
  * prefetch thread, which reads blocks ahead and leaves storing them to the
  * mover (until stored, such a block serves readers from memory). Every
  * public function is thread-safe. Internally one mutex (struct cache.lock)
- * guards the index, LRU lists, quota accounting and file records; it is
- * never held across I/O. Lock order:
- * cache_file.slot_lock -> cache.lock; prefetch queue lock is a leaf.
+ * guards the index, LRU lists, quota accounting, file records, flights and
+ * the prefetch and store queues; it is never held across I/O or logging.
+ * Each open file has a second one for its block slots. Lock order:
+ *     cache_file.slot_lock -> cache.lock -> tier.lock (tiers/, a leaf)
+ * (details and which counters are atomic: cache_int.h).
  * io_uring: tier I/O uses one ring per thread (tiers/); the prefetch thread
  * owns its own ring, used by no other thread.
  *
@@ -123,15 +125,17 @@ void cache_free(struct cache *c);
  * another reader's miss), end(arg) when the wait is over. lazarusfs points
  * them at its engine hang watch, so a reader stuck behind a prefetch of a
  * frozen engine is seen by the watchdog like a reader inside the engine.
- * Both are called with cache internals locked: they must not block or call
- * back into the cache. Set them before the first cache_read().
+ * Both are called with cache.lock held: they must not block, take a lock
+ * that is held around calls into the cache, or call back into the cache.
+ * Set them before the first cache_read().
  */
 void cache_set_wait_hooks(struct cache *c, void (*begin)(void *arg), void (*end)(void *arg),
 			  void *arg);
 
-/* Log hook for cache/ and tiers/ (level as syslog: 3 err, 4 warning, 6 info,
- * 7 debug). Set it before cache_new(). */
-void cache_set_log(void (*fn)(int level, const char *msg));
+/* Log sink for cache/ and tiers/, which share one shim (tier.h: named
+ * levels, enum tier_log_level); the same as tier_set_log(). Called from any
+ * thread, never with a cache lock held. Set it before cache_new(). */
+void cache_set_log(tier_log_fn *fn);
 
 /*
  * Open a file through the cache. key: path relative to the engine root.

@@ -306,7 +306,7 @@ int cache_config_load_cb(struct cache_config *cfg, const char *path,
 
 	if (!f) {
 		ret = -errno;
-		snprintf(msg, sizeof(msg), "cannot open config file: %s: %s", path, strerror(-ret));
+		snprintf(msg, sizeof(msg), "config file open failed: %s: %s", path, strerror(-ret));
 		if (err && errlen)
 			snprintf(err, errlen, "%s", msg);
 		return ret;

@@ -1,12 +1,16 @@
 /*
- * Prefetcher: one thread that owns one io_uring (no other thread touches
- * it). Readers queue flights (FL_QUEUED) on cache.pf_queue when a handle
- * reads sequentially (cache.c: prefetch_maybe); this thread starts up to
- * prefetch_depth of them at once as whole-block reads of the backend file,
- * which it opens itself (O_RDONLY, through the ring) and keeps open in a
- * small LRU of files. A finished read goes to cache.store_q for the mover
- * to write to a tier, so that this thread keeps the engine busy; it counts
- * against prefetch_depth until stored, which bounds the queue.
+ * Prefetcher. Readers queue flights (FL_QUEUED) on cache.pf_queue: the
+ * blocks ahead of a handle that reads sequentially (pf_read_ahead), and the
+ * block behind a small random read that was served from the engine as is
+ * (pf_fill_queue_locked). One thread, which owns one io_uring (no other
+ * thread touches it), starts up to prefetch_depth of them at once as
+ * whole-block reads of the backend file, which it opens itself (O_RDONLY,
+ * through the ring) and keeps open in a small LRU of files. A finished
+ * read goes to cache.store_q for the mover to write to a tier, so that this
+ * thread keeps the engine busy; it counts against prefetch_depth until
+ * stored, which bounds the queue. The thread's state lives until
+ * cache_free() has stopped the mover too (pf_stop, then pf_free), so the
+ * mover may wake it (pf_kick) without a lock.
  *
  * Every open and read is linked to an IORING_OP_LINK_TIMEOUT of
  * prefetch_timeout seconds, so a hung engine cancels them; a request whose
@@ -27,6 +31,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <liburing.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +44,85 @@
 #define PF_GRACE_NS (5ULL * 1000000000ULL)
 #define PF_BACKOFF_NS (5ULL * 1000000000ULL)  /* after an engine error */
 #define PF_FILL_IDLE_NS (100ULL * 1000000ULL)  /* quiet time before fills start */
+
+/* ---- the producer side: readers queue blocks ---------------------------- */
+
+/* The engine failed a prefetch of m recently: leave m alone for a while. */
+static bool pf_backing_off_locked(const struct cmeta *m)
+{
+	return m->pf_backoff_ns && now_ns() < m->pf_backoff_ns;
+}
+
+/* The backlog bound: queued flights hold no buffer, in-flight ones do. */
+static bool pf_backlog_full_locked(const struct cache *c)
+{
+	return c->pf_queued + c->pf_inflight >= 2 * c->cfg.prefetch_depth;
+}
+
+/* Queue block index of m for the prefetch thread (the caller kicks it). */
+static struct flight *pf_queue_locked(struct cache *c, struct cmeta *m, uint64_t index, bool fill)
+{
+	struct flight *f = flight_new_locked(c, m, index, FL_QUEUED, true);
+
+	if (!f)
+		return NULL;
+	f->fill = fill;
+	list_add_tail(&c->pf_queue, &f->qlink);
+	c->pf_queued++;
+	STAT_ADD(c->st.prefetch_issued, 1);
+	return f;
+}
+
+int pf_fill_queue_locked(struct cache *c, struct cmeta *m, uint64_t index)
+{
+	if (!m->backend_path || pf_backing_off_locked(m))
+		return -EAGAIN;
+	if (flight_find_locked(c, m, index) || pf_backlog_full_locked(c))
+		return 0;
+	return pf_queue_locked(c, m, index, true) ? 1 : -EAGAIN;
+}
+
+bool pf_read_ahead(struct cache_file *cf, uint64_t first, uint64_t last)
+{
+	struct cache *c = cf->c;
+	struct cmeta *m = cf->meta;
+	bool queued = false, seq;
+
+	pthread_mutex_lock(&cf->slot_lock);
+	if (cf->last_block != UINT64_MAX && (first == cf->last_block || first == cf->last_block + 1)) {
+		cf->seq_run++;
+	} else {
+		cf->seq_run = 0;
+		cf->pf_until = 0;
+	}
+	cf->last_block = last;
+	seq = cf->seq_run >= 1;
+	if (seq && c->pf) {
+		uint64_t from = last + 1 > cf->pf_until ? last + 1 : cf->pf_until;
+		uint64_t to = last + c->cfg.prefetch;
+
+		pthread_mutex_lock(&c->lock);
+		if (pf_backing_off_locked(m))
+			to = 0;
+		for (uint64_t b = from; m->backend_path && b <= to; b++) {
+			if (b * c->bs >= m->size || pf_backlog_full_locked(c))
+				break;
+			cf->pf_until = b + 1;
+			if (entry_lookup_locked(c, m, b) || flight_find_locked(c, m, b))
+				continue;
+			if (!pf_queue_locked(c, m, b, false))
+				break;
+			queued = true;
+		}
+		pthread_mutex_unlock(&c->lock);
+	}
+	pthread_mutex_unlock(&cf->slot_lock);
+	if (queued)
+		pf_kick(c);
+	return seq;
+}
+
+/* ---- the prefetch thread ------------------------------------------------- */
 
 struct pf_file {
 	struct cmeta *meta;   /* holds a meta reference */
@@ -63,17 +147,19 @@ struct pf_req {
 };
 
 struct pf_state {
+	/* fixed after pf_start */
 	struct cache *c;
-	struct io_uring ring;
-	int efd;
-	uint64_t efd_val;
-	struct pf_req wake;
-	int tag;
+	int efd;              /* pf_kick() writes it, from any thread */
+	int tag;              /* user_data of link timeouts and closes */
 	struct __kernel_timespec ts;
 	uint64_t timeout_ns;
 	pthread_t thread;
-	bool stop;            /* protected by cache.lock */
+	/* protected by cache.lock */
+	bool stop;
 	/* owned by the prefetch thread */
+	struct io_uring ring;
+	uint64_t efd_val;
+	struct pf_req wake;
 	struct list files, reads, abandoned;
 	unsigned nfiles, nreads;
 };
@@ -200,14 +286,14 @@ static struct pf_file *pf_file_get(struct pf_state *p, struct cmeta *m)
 		pf_wait(p, 100);
 	if (!r->done) {
 		r->abandoned = true;   /* freed (and its fd closed) when the CQE comes */
-		clog_(4, "prefetch open abandoned: engine not answering: %s", path);
+		tier_log(TIER_LOG_WARN, "prefetch open abandoned: %s: engine not answering", path);
 		free(path);
 		return NULL;
 	}
 	res = r->res;
 	free(r);
 	if (res < 0) {
-		clog_(7, "prefetch open failed: %s: %s", path, strerror(-res));
+		tier_log(TIER_LOG_DEBUG, "prefetch open failed: %s: %s", path, strerror(-res));
 		free(path);
 		return NULL;
 	}
@@ -289,7 +375,7 @@ static void pf_read_finish(struct pf_state *p, struct pf_req *r, int err)
 	p->nreads--;
 	r->f = NULL;
 	if (err) {
-		clog_(7, "prefetch read failed, dropped: %s block %llu: %s", f->meta->key,
+		tier_log(TIER_LOG_DEBUG, "prefetch read failed, dropped: %s block %llu: %s", f->meta->key,
 		      (unsigned long long)f->index, strerror(-err));
 		pf_file_drop(p, r->file);
 	} else {
@@ -315,7 +401,7 @@ static void pf_begin(struct pf_state *p, struct flight *f)
 	bool backoff;
 
 	pthread_mutex_lock(&c->lock);
-	backoff = f->meta->pf_backoff_ns && now_ns() < f->meta->pf_backoff_ns;
+	backoff = pf_backing_off_locked(f->meta);
 	pthread_mutex_unlock(&c->lock);
 	if (!backoff)
 		pf = pf_file_get(p, f->meta);   /* may wait for the engine */
@@ -410,7 +496,8 @@ static void pf_wait(struct pf_state *p, unsigned ms)
 
 		next = l->next;
 		if (now > r->deadline) {
-			clog_(4, "prefetch read abandoned: engine not answering: %s", r->f->meta->key);
+			tier_log(TIER_LOG_WARN, "prefetch read abandoned: %s block %llu: engine not answering",
+				 r->f->meta->key, (unsigned long long)r->f->index);
 			r->abandoned = true;
 			pf_read_finish(p, r, -ETIMEDOUT);
 		}
@@ -484,6 +571,7 @@ int pf_start(struct cache *c, char *err, size_t errlen)
 {
 	struct pf_state *p = calloc(1, sizeof(*p));
 	unsigned entries = 2 * c->cfg.prefetch_depth + 16;
+	const char *what = "eventfd";
 	int ret;
 
 	if (!p)
@@ -500,10 +588,12 @@ int pf_start(struct cache *c, char *err, size_t errlen)
 		ret = -errno;
 		goto out_free;
 	}
+	what = "io_uring setup";
 	ret = io_uring_queue_init(entries, &p->ring, 0);
 	if (ret < 0)
 		goto out_close;
 	c->pf = p;
+	what = "thread";
 	ret = -pthread_create(&p->thread, NULL, pf_main, p);
 	if (ret < 0) {
 		c->pf = NULL;
@@ -517,7 +607,7 @@ out_close:
 	close(p->efd);
 out_free:
 	free(p);
-	snprintf(err, errlen, "prefetch start failed: %s", strerror(-ret));
+	snprintf(err, errlen, "prefetch start failed: %s: %s", what, strerror(-ret));
 	return ret;
 }
 
@@ -526,15 +616,7 @@ void pf_kick(struct cache *c)
 	uint64_t one = 1;
 
 	if (c->pf && write(c->pf->efd, &one, sizeof(one)) < 0)
-		clog_(7, "prefetch wakeup failed: %s", strerror(errno));
-}
-
-/* Same, with cache.lock held: pf_stop() sets stop under the lock before it
- * frees the state, so a kick that sees stop false is safe. */
-void pf_kick_locked(struct cache *c)
-{
-	if (c->pf && !c->pf->stop)
-		pf_kick(c);
+		tier_log(TIER_LOG_DEBUG, "prefetch wakeup failed: eventfd: %s", strerror(errno));
 }
 
 void pf_stop(struct cache *c)
@@ -548,9 +630,15 @@ void pf_stop(struct cache *c)
 	pthread_mutex_unlock(&c->lock);
 	pf_kick(c);
 	pthread_join(p->thread, NULL);
-	pthread_mutex_lock(&c->lock);
-	c->pf = NULL;             /* see pf_kick_locked() */
-	pthread_mutex_unlock(&c->lock);
+}
+
+void pf_free(struct cache *c)
+{
+	struct pf_state *p = c->pf;
+
+	if (!p)
+		return;
+	c->pf = NULL;
 	io_uring_queue_exit(&p->ring);
 	close(p->efd);
 	free(p);

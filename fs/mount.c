@@ -53,10 +53,10 @@ static int mkdir_p(const char *path, mode_t mode)
 	return 0;
 }
 
-static void cache_log(int level, const char *msg)
+static void cache_log(enum tier_log_level level, const char *msg)
 {
-	enum fs_log_level l = level <= 3 ? FS_LOG_ERR : level == 4 ? FS_LOG_WARN :
-			      level <= 6 ? FS_LOG_INFO : FS_LOG_DEBUG;
+	enum fs_log_level l = level == TIER_LOG_ERR ? FS_LOG_ERR : level == TIER_LOG_WARN ? FS_LOG_WARN :
+			      level == TIER_LOG_INFO ? FS_LOG_INFO : FS_LOG_DEBUG;
 
 	fs_log(l, "%s", msg);
 }

@@ -32,7 +32,9 @@
  * read time.
  *
  * Locking: struct tier has one internal mutex guarding the per-directory
- * health flags; it is never held across I/O. All functions are thread-safe.
+ * health flags; it is never held across I/O or logging, and no other lock
+ * is taken under it, so callers may hold their own (cache/ calls
+ * tier_usable() under cache.lock). All functions are thread-safe.
  */
 #ifndef LAZARUS_TIER_H
 #define LAZARUS_TIER_H
@@ -141,8 +143,17 @@ int tier_usable(struct tier *t);
 /* Seconds a failed directory is skipped before it is tried again (60). */
 void tier_set_retry(struct tier *t, unsigned seconds);
 
-/* Logging hook shared with cache/ (level: 3 err, 4 warning, 6 info, 7 debug).
- * NULL restores the default (stderr for err/warning). */
-void tier_set_log(void (*fn)(int level, const char *msg));
+/*
+ * Logging: one shim for tiers/ and cache/ (which logs through it too), so
+ * both reach one sink. A message is one line, "what failed: object:
+ * strerror", lowercase. The sink is never called with a lock of cache/ or
+ * tiers/ held, and may be called from any thread. NULL restores the default:
+ * errors and warnings to stderr. cache_set_log() sets the same sink.
+ */
+enum tier_log_level { TIER_LOG_ERR, TIER_LOG_WARN, TIER_LOG_INFO, TIER_LOG_DEBUG };
+typedef void tier_log_fn(enum tier_log_level level, const char *msg);
+void tier_set_log(tier_log_fn *fn);
+void tier_log(enum tier_log_level level, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
 
 #endif

@@ -25,6 +25,7 @@
 #include <cmocka.h>
 
 #include "cache/cache.h"
+#include "cache/cache_int.h"   /* struct htable, for test_htable */
 
 #define BS 65536u
 
@@ -1235,12 +1236,60 @@ static void test_passthrough(void **state)
 	free(b.data);
 }
 
-static void debug_log(int level, const char *msg)
+struct hitem {
+	uint64_t h;
+	struct hnode hn;
+};
+
+static uint64_t hitem_hash(const struct hnode *n)
+{
+	return container_of(n, struct hitem, hn)->h;
+}
+
+static int htable_has(const struct htable *t, const struct hitem *it)
+{
+	for (struct hnode *n = htable_chain(t, it->h); n; n = n->next)
+		if (n == &it->hn)
+			return 1;
+	return 0;
+}
+
+/* The one hash table of both indexes: it grows by doubling from a tiny
+ * size, every node stays findable across each growth, equal hashes share a
+ * chain, and deleting one node leaves the others of its chain. */
+static void test_htable(void **state)
+{
+	enum { N = 3000 };
+	struct hitem *it = calloc(N, sizeof(*it));
+	struct htable t;
+
+	(void)state;
+	assert_non_null(it);
+	assert_int_equal(htable_init(&t, 4, hitem_hash), 0);
+	for (size_t i = 0; i < N; i++) {
+		it[i].h = (uint64_t)(i / 2) * 0x9e3779b97f4a7c15ull;   /* pairs collide */
+		htable_add(&t, &it[i].hn);
+	}
+	assert_int_equal(t.n, N);
+	assert_true(t.size >= N && t.size <= 2 * N);
+	assert_int_equal(t.size & (t.size - 1), 0);
+	for (size_t i = 0; i < N; i++)
+		assert_true(htable_has(&t, &it[i]));
+	for (size_t i = 0; i < N; i += 2)
+		htable_del(&t, &it[i].hn);
+	assert_int_equal(t.n, N / 2);
+	for (size_t i = 0; i < N; i++)
+		assert_int_equal(htable_has(&t, &it[i]), (int)(i % 2));
+	htable_release(&t);
+	free(it);
+}
+
+static void debug_log(enum tier_log_level level, const char *msg)
 {
 	struct timespec ts;
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
-	fprintf(stderr, "%ld.%03ld <%d> %s\n", (long)ts.tv_sec, ts.tv_nsec / 1000000, level, msg);
+	fprintf(stderr, "%ld.%03ld <%d> %s\n", (long)ts.tv_sec, ts.tv_nsec / 1000000, (int)level, msg);
 }
 
 int main(void)
@@ -1271,6 +1320,7 @@ int main(void)
 		T(test_wait_hooks),
 		T(test_stats_evict),
 		T(test_passthrough),
+		cmocka_unit_test(test_htable),
 	};
 #undef T
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -18,6 +18,7 @@
 #include <cmocka.h>
 
 #include "tiers/tier.h"
+#include "tiers/tier_int.h"   /* format and directory-health internals */
 
 static char tmpdir[64];
 
@@ -475,6 +476,110 @@ static void test_full_dir(void **state)
 	free(data);
 }
 
+/* Block names: what tier_write names a file, the scan parses back, and the
+ * scan leaves alone anything that is not exactly such a name. */
+static void test_block_names(void **state)
+{
+	char name[BLOCK_NAME_MAX];
+	uint64_t key = 0xab00000000000012ull, seq = 0x0123456789abcdefull, k, q;
+
+	(void)state;
+	block_name(name, sizeof(name), key, seq, "");
+	assert_string_equal(name, "ab/ab00000000000012-0123456789abcdef");
+	assert_int_equal(block_name_parse(name + 3, &k, &q), 0);
+	assert_true(k == key && q == seq);
+	block_name(name, sizeof(name), key, seq, ".tmp");
+	assert_int_equal(block_name_parse(name + 3, &k, &q), -1);   /* temp file */
+	assert_int_equal(block_name_parse("AB00000000000012-0123456789abcdef", &k, &q), -1);
+	assert_int_equal(block_name_parse("ab00000000000012-0123456789abcde", &k, &q), -1);
+	assert_int_equal(block_name_parse("ab00000000000012_0123456789abcdef", &k, &q), -1);
+	assert_int_equal(block_name_parse(".lazarus.lock", &k, &q), -1);
+}
+
+/* The chunk check over data spread across segments, with chunks that
+ * straddle two of them (as the ranged read's bounce buffers do): it checks
+ * exactly the chunks of [start, end). */
+static void test_chunks_check(void **state)
+{
+	enum { LEN = 2 * TIER_CHUNK + 7000 };   /* 3 chunks, the last one short */
+	char *data = malloc(LEN);
+	uint64_t table[3];
+	struct iovec seg[3];
+
+	(void)state;
+	for (int i = 0; i < LEN; i++)
+		data[i] = (char)(i * 13 + 1);
+	table_fill(table, data, LEN);
+	assert_int_equal(table_bytes(LEN), sizeof(table));
+	seg[0] = (struct iovec){ data, 100 };
+	seg[1] = (struct iovec){ data + 100, TIER_CHUNK + 5000 };
+	seg[2] = (struct iovec){ data + 100 + TIER_CHUNK + 5000, LEN - 100 - TIER_CHUNK - 5000 };
+	assert_int_equal(chunks_check((const char *)table, 0, LEN, seg), 0);
+
+	data[TIER_CHUNK + 3] ^= 1;   /* in chunk 1, inside seg[1] */
+	assert_int_equal(chunks_check((const char *)table, 0, LEN, seg), -EBADMSG);
+	data[TIER_CHUNK + 3] ^= 1;
+	data[2 * TIER_CHUNK + 1] ^= 1;   /* in chunk 2, which straddles seg[1] and seg[2] */
+	assert_int_equal(chunks_check((const char *)table, 0, LEN, seg), -EBADMSG);
+	/* chunks 0 and 1 alone: the bad chunk 2 is not looked at */
+	assert_int_equal(chunks_check((const char *)table, 0, 2 * TIER_CHUNK, seg), 0);
+	/* chunk 2 alone, from its own segments */
+	seg[0] = (struct iovec){ data + 2 * TIER_CHUNK, 3 };
+	seg[1] = (struct iovec){ data + 2 * TIER_CHUNK + 3, LEN - 2 * TIER_CHUNK - 3 };
+	assert_int_equal(chunks_check((const char *)table, 2 * TIER_CHUNK, LEN, seg), -EBADMSG);
+	data[2 * TIER_CHUNK + 1] ^= 1;
+	assert_int_equal(chunks_check((const char *)table, 2 * TIER_CHUNK, LEN, seg), 0);
+	free(data);
+}
+
+static int retried_msgs;
+
+static void count_retried(enum tier_log_level level, const char *msg)
+{
+	if (level == TIER_LOG_INFO && strstr(msg, "cache directory retried: "))
+		retried_msgs++;
+}
+
+/* Directory health: a failed directory is skipped until its retry time;
+ * tier_usable() only looks (it may run under cache.lock, where nothing may
+ * log), and the write that picks a retried directory clears it and logs
+ * that once. */
+static void test_dir_health(void **state)
+{
+	char err[256], a[128], b[128];
+	const char *d[] = { a, b };
+	struct tier *t;
+
+	snprintf(a, sizeof(a), "%s/a", tmpdir);
+	snprintf(b, sizeof(b), "%s/b", tmpdir);
+	assert_int_equal(mkdir(a, 0700), 0);
+	assert_int_equal(mkdir(b, 0700), 0);
+	assert_int_equal(tier_open(&t, TIER_SSD, d, 2, err, sizeof(err)), 0);
+	tier_set_log(count_retried);
+	retried_msgs = 0;
+
+	assert_int_equal(dir_pick(t, 0), 0);   /* key % 2 == 0 prefers a */
+	dir_fail(t, 0, -EIO, "write");
+	assert_int_equal(dir_pick(t, 0), 1);
+	assert_true(tier_usable(t));
+	dir_fail(t, 1, -EIO, "write");
+	assert_false(tier_usable(t));
+	assert_int_equal(dir_pick(t, 0), 2);   /* none */
+
+	tier_set_retry(t, 0);
+	dir_fail(t, 1, -EIO, "write");         /* may be retried at once */
+	assert_true(tier_usable(t));
+	assert_true(tier_usable(t));
+	assert_int_equal(retried_msgs, 0);     /* looking does not retry */
+	assert_int_equal(dir_pick(t, 0), 1);
+	assert_int_equal(retried_msgs, 1);
+	assert_int_equal(dir_pick(t, 0), 1);   /* healthy again: no second message */
+	assert_int_equal(retried_msgs, 1);
+
+	tier_set_log(NULL);
+	tier_close(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -487,6 +592,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_open_readonly, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_full_dir, setup, teardown),
+		cmocka_unit_test(test_block_names),
+		cmocka_unit_test(test_chunks_check),
+		cmocka_unit_test_setup_teardown(test_dir_health, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
