@@ -1,0 +1,89 @@
+/*
+ * csi_int.h - private to src/csi-shim/: what the node operations share.
+ * csi.h stays the module's header; this one only connects its files:
+ *
+ *   node.c     csi_init/csi_release, per-volume serialisation, dispatch
+ *   fluid.c    the FUSE mount at fluid_path (start lazarusfs, or wait)
+ *   stage.c    NodeStageVolume, NodeUnstageVolume, node labels
+ *   publish.c  NodePublishVolume, NodeUnpublishVolume (bind mounts)
+ *   stats.c    NodeGetVolumeStats and the volume condition
+ *   state.c    the records under <state_dir>/csi
+ *   paths.c    path checks and canonical forms; mounts.c mountinfo, unmount
+ *
+ * Node operations run on many threads at once; csi_handle() guarantees
+ * that calls on one volume id or one target path do not overlap.
+ * Errors: 0 or -errno; functions that return bool set st when false.
+ */
+#ifndef LAZARUSFS_CSI_INT_H
+#define LAZARUSFS_CSI_INT_H
+
+#include <limits.h>
+#include <sys/types.h>
+
+#include "src/csi-shim/csi.h"
+
+struct ProtobufCMessage;
+
+/* ---- paths.c --------------------------------------------------------------- */
+
+/* Canonical form of path without touching its last component (which may be
+ * a dead mount): realpath of the parent plus the name. -ENOENT if the parent
+ * is missing, -EXDEV if it resolves outside root. */
+int csi_path_canonical(const char *path, const char *root, char out[PATH_MAX]);
+/* mkdir -p; the caller has checked that the existing ancestors are ours. */
+int csi_mkdir_p(const char *path, mode_t mode);
+
+/* ---- mounts.c -------------------------------------------------------------- */
+
+/* Unmounts everything stacked on point (canonical). A mount that will not go
+ * (busy, or a dead FUSE connection) is detached. 0, or -errno with st set. */
+int csi_unmount_all(const char *point, struct csi_status *st);
+/* stat() of path fails with ENOTCONN or ECONNABORTED: a dead FUSE mount. */
+bool csi_is_stale(const char *path);
+
+/* ---- state.c --------------------------------------------------------------- */
+
+/* What NodeUnstageVolume needs about a staged volume and its request lacks:
+ * <state_dir>/csi/<xxh3(volume_id)>.vol. */
+struct csi_vol {
+	char fluid_path[PATH_MAX];	/* canonical */
+	char label[256];		/* "" if no label was set */
+	bool started;			/* we started the proxy */
+};
+
+void csi_vol_path(struct csi *csi, const char *volume_id, char out[PATH_MAX]);
+/* 0, -ENOENT if volume_id has no record, -EINVAL if the record is damaged. */
+int csi_vol_load(struct csi *csi, const char *volume_id, struct csi_vol *vs);
+/* Writes the record atomically (temporary file, fsync, rename). 0 or -errno. */
+int csi_vol_save(struct csi *csi, const char *volume_id, const struct csi_vol *vs);
+
+/* ---- fluid.c --------------------------------------------------------------- */
+
+struct csi_dataset;
+
+/* Loads <config_dir>/<ns>-<name>.conf into ds; *have is false if it is
+ * absent (or the request has no valid names). config gets its path. */
+bool csi_load_dataset(struct csi *csi, const struct csi_req *r, struct csi_dataset *ds,
+		      char config[PATH_MAX], bool *have, struct csi_status *st);
+/* Makes sure a healthy FUSE filesystem is mounted at the request's fluid_path
+ * and puts its canonical path in point; *started says whether we started
+ * lazarusfs for it. See fluid.c. */
+bool csi_ensure_mounted(struct csi *csi, const struct csi_req *r,
+			const struct csi_dataset *ds, const char *config,
+			char point[PATH_MAX], bool *started, struct csi_status *st);
+
+/* ---- the node operations ----------------------------------------------------- */
+
+bool csi_node_stage(struct csi *csi, const struct csi_req *r, struct csi_status *st);
+bool csi_node_unstage(struct csi *csi, const struct csi_req *r, struct csi_status *st);
+bool csi_node_publish(struct csi *csi, const struct csi_req *r, struct csi_status *st);
+bool csi_node_unpublish(struct csi *csi, const struct csi_req *r, struct csi_status *st);
+/* On true, *resp is a malloc'd NodeGetVolumeStatsResponse. */
+bool csi_node_stats(struct csi *csi, const struct csi_req *r, uint8_t **resp, size_t *len,
+		    struct csi_status *st);
+
+/* Serializes m into a malloc'd *resp. */
+bool csi_pack(const struct ProtobufCMessage *m, uint8_t **resp, size_t *len,
+	      struct csi_status *st);
+
+#endif
