@@ -163,8 +163,8 @@ def test_bad_input():
         ("NodePublishVolume", dict(good, target_path=KUB), "outside"),
         ("NodePublishVolume", dict(good, target_path=KUB + "/pods/../../outside/m"), ".."),
         ("NodePublishVolume", dict(good, target_path=KUB + "/evil/mount"), "outside"),
-        ("NodePublishVolume", dict(good, target_path=tgt, staging_target_path=""),
-         "staging_target_path is required"),
+        ("NodePublishVolume", dict(good, target_path=tgt, staging_target_path="globalmount"),
+         "absolute"),
         ("NodePublishVolume", dict(good, target_path=tgt, volume_context=ctx("demo", DEMO, "../data2")),
          "escapes the volume"),
         ("NodePublishVolume", dict(good, target_path=tgt, volume_context=ctx("demo", DEMO, "sub/../../x")),
@@ -180,6 +180,26 @@ def test_bad_input():
         ("NodeUnpublishVolume", dict(volume_id=vol, target_path=KUB + "/evil/mount"), "outside"),
         ("NodeGetVolumeStats", dict(volume_id=vol, volume_path=""), "volume_path is required"),
         ("NodeGetVolumeStats", dict(volume_id=vol, volume_path="/"), "outside"),
+        # the spec says volume_path MUST be absolute: an invalid field, not NOT_FOUND
+        ("NodeGetVolumeStats", dict(volume_id=vol, volume_path="some/path"), "absolute"),
+        # access_mode is REQUIRED in a volume capability
+        ("NodeStageVolume", dict(good, volume_capability={"mount": {}}), "access_mode is required"),
+        ("NodePublishVolume", dict(good, target_path=tgt, volume_capability={"mount": {}}),
+         "access_mode is required"),
+        ("NodePublishVolume", dict(good, target_path=tgt, volume_capability={
+            "mount": {}, "access_mode": {"mode": "UNKNOWN"}}), "access_mode mode is required"),
+        # protobuf-c cuts strings at a NUL: "ab\0cd" must not be staged as "ab"
+        ("NodeStageVolume", dict(good, volume_id="ab\0cd"), "volume_id contains a NUL byte"),
+        ("NodeUnstageVolume", dict(volume_id=vol + "\0x", staging_target_path=staging(vol)),
+         "volume_id contains a NUL byte"),
+        ("NodePublishVolume", dict(good, target_path=tgt + "\0/../../x"),
+         "target_path contains a NUL byte"),
+        ("NodePublishVolume", dict(good, target_path=tgt, volume_context=ctx("demo", DEMO + "\0x")),
+         "volume_context.value contains a NUL byte"),
+        ("NodeUnpublishVolume", dict(volume_id="ab\0cd", target_path=tgt), "NUL byte"),
+        ("NodeGetVolumeStats", dict(volume_id=vol, volume_path=tgt + "\0x"), "NUL byte"),
+        ("NodeStageVolume", dict(good, staging_target_path=staging(vol) + "\nx"),
+         "control character"),
     ]
     before = mounts()
     for method, fields, msg in cases:
@@ -188,6 +208,11 @@ def test_bad_input():
             expect(IA, C.call, method, contains=msg, **fields)
         except AssertionError as e:
             raise AssertionError("%s %s: %s" % (method, fields, e))
+    # We advertise STAGE_UNSTAGE_VOLUME, so a publish without staging_target_path
+    # is FAILED_PRECONDITION (the spec's "Staging target path not set").
+    expect(CODE.FAILED_PRECONDITION, C.call, "NodePublishVolume",
+           contains="staging_target_path is required",
+           **dict(good, target_path=tgt, staging_target_path=""))
     check(mounts() == before, "a rejected call changed the mount table")
     check(not os.path.exists(T + "/outside/mount") and not os.listdir(T + "/outside"),
           "a rejected call created something outside the kubelet root")
@@ -197,7 +222,8 @@ def test_bad_input():
         expect(IA, C.raw, "/csi.v1.Node/NodePublishVolume", junk, contains="malformed")
     expect(CODE.UNIMPLEMENTED, C.raw, "/csi.v1.Controller/CreateVolume", b"")
     check(C.call("Probe").ready.value, "plugin died on bad input")
-    ok("%d invalid requests rejected with INVALID_ARGUMENT; malformed bytes survived" % len(cases))
+    ok("%d invalid requests rejected with INVALID_ARGUMENT, publish without staging path "
+       "FAILED_PRECONDITION; malformed bytes survived" % len(cases))
 
 
 # ---- the lifecycle ----------------------------------------------------------
