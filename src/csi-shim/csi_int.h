@@ -26,9 +26,10 @@ struct ProtobufCMessage;
 
 /* ---- paths.c --------------------------------------------------------------- */
 
-/* Canonical form of path without touching its last component (which may be
- * a dead mount): realpath of the parent plus the name. -ENOENT if the parent
- * is missing, -EXDEV if it resolves outside root. */
+/* Canonical form of a clean absolute path without touching its last
+ * component (which may be a dead mount): the deepest existing ancestor of its
+ * parent resolved, plus the rest (which does not exist, so holds no symlink).
+ * -EXDEV if that ancestor resolves outside root, other -errno from realpath. */
 int csi_path_canonical(const char *path, const char *root, char out[PATH_MAX]);
 /* mkdir -p; the caller has checked that the existing ancestors are ours. */
 int csi_mkdir_p(const char *path, mode_t mode);
@@ -43,12 +44,22 @@ bool csi_is_stale(const char *path);
 
 /* ---- state.c --------------------------------------------------------------- */
 
-/* What NodeUnstageVolume needs about a staged volume and its request lacks:
- * <state_dir>/csi/<xxh3(volume_id)>.vol. */
+#define CSI_MAX_ID 128	/* the CSI spec lets plugins cap ids at 128 bytes */
+
+/*
+ * What NodeUnstageVolume needs about a staged volume and its request lacks,
+ * in <state_dir>/csi/<xxh3(volume_id)>.vol. Several volume ids may share one
+ * fluid_path (one dataset, several PVs): the proxy and the node label belong
+ * to the fluid_path, so a volume unstaged while another still uses it keeps
+ * its record, marked unstaged, until the last user unstages and undoes what
+ * all of them did (stage.c).
+ */
 struct csi_vol {
+	char volume_id[CSI_MAX_ID + 1];
 	char fluid_path[PATH_MAX];	/* canonical */
 	char label[256];		/* "" if no label was set */
 	bool started;			/* we started the proxy */
+	bool unstaged;			/* unstaged by kubelet, kept for the last user */
 };
 
 void csi_vol_path(struct csi *csi, const char *volume_id, char out[PATH_MAX]);
@@ -56,6 +67,11 @@ void csi_vol_path(struct csi *csi, const char *volume_id, char out[PATH_MAX]);
 int csi_vol_load(struct csi *csi, const char *volume_id, struct csi_vol *vs);
 /* Writes the record atomically (temporary file, fsync, rename). 0 or -errno. */
 int csi_vol_save(struct csi *csi, const char *volume_id, const struct csi_vol *vs);
+/* 0 (also when there is none) or -errno. */
+int csi_vol_remove(struct csi *csi, const char *volume_id);
+/* Every record whose fluid_path is fluid_path, in a malloc'd *out (NULL when
+ * *n is 0). Damaged records are skipped. 0 or -errno. */
+int csi_vol_list(struct csi *csi, const char *fluid_path, struct csi_vol **out, size_t *n);
 
 /* ---- fluid.c --------------------------------------------------------------- */
 
@@ -65,12 +81,25 @@ struct csi_dataset;
  * absent (or the request has no valid names). config gets its path. */
 bool csi_load_dataset(struct csi *csi, const struct csi_req *r, struct csi_dataset *ds,
 		      char config[PATH_MAX], bool *have, struct csi_status *st);
-/* Makes sure a healthy FUSE filesystem is mounted at the request's fluid_path
- * and puts its canonical path in point; *started says whether we started
- * lazarusfs for it. See fluid.c. */
+/* Resolves the request's fluid_path into point (canonical) and claims it for
+ * this call (csi_fluid_drop() releases it): stage, publish and unstage of
+ * volumes that share a fluid_path do not overlap. ABORTED if another call
+ * holds it. */
+bool csi_fluid_claim(struct csi *csi, const struct csi_req *r, char point[PATH_MAX],
+		     struct csi_status *st);
+/* Makes sure a healthy FUSE filesystem is mounted at point (from
+ * csi_fluid_claim); *started says whether we started lazarusfs for it. See
+ * fluid.c. */
 bool csi_ensure_mounted(struct csi *csi, const struct csi_req *r,
 			const struct csi_dataset *ds, const char *config,
-			char point[PATH_MAX], bool *started, struct csi_status *st);
+			const char *point, bool *started, struct csi_status *st);
+
+/* ---- node.c ------------------------------------------------------------------ */
+
+/* Claims fluid_path point (canonical) for the calling operation, or fails
+ * with ABORTED when another call holds it; csi_fluid_drop() releases it. */
+bool csi_fluid_take(struct csi *csi, const char *point, struct csi_status *st);
+void csi_fluid_drop(struct csi *csi, const char *point);
 
 /* ---- the node operations ----------------------------------------------------- */
 

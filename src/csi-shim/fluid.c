@@ -100,41 +100,54 @@ static bool run_lazarusfs(struct csi *csi, const struct csi_dataset *ds, const c
 	return true;
 }
 
+bool csi_fluid_claim(struct csi *csi, const struct csi_req *r, char point[PATH_MAX],
+		     struct csi_status *st)
+{
+	int err = csi_path_canonical(r->fluid_path, csi->mount_root, point);
+
+	if (err == -EXDEV)
+		return csi_fail(st, CSI_INVALID_ARGUMENT,
+				"fluid_path %s leads outside --mount-root through a symlink",
+				r->fluid_path);
+	if (err)
+		return csi_fail(st, CSI_INTERNAL, "cannot resolve fluid_path %s: %s", r->fluid_path,
+				strerror(-err));
+	return csi_fluid_take(csi, point, st);
+}
+
 /*
- * Makes sure a healthy FUSE filesystem is mounted at the request's fluid_path
- * and puts its canonical path in point. When nothing is mounted it starts
- * lazarusfs if the dataset has a config (ds, may be NULL); otherwise stage
- * fails and publish waits for someone else to mount it (as Fluid does).
+ * Makes sure a healthy FUSE filesystem is mounted at point. When nothing is
+ * mounted it starts lazarusfs if the dataset has a config (ds, may be NULL);
+ * otherwise stage fails and publish waits for someone else to mount it (as
+ * Fluid does).
  */
 bool csi_ensure_mounted(struct csi *csi, const struct csi_req *r,
 			const struct csi_dataset *ds, const char *config,
-			char point[PATH_MAX], bool *started, struct csi_status *st)
+			const char *point, bool *started, struct csi_status *st)
 {
 	time_t deadline = time(NULL) + csi->cfg.mount_timeout;
 	struct timespec nap = { 0, 200 * 1000 * 1000 };
+	char again[PATH_MAX];
 	struct csi_mounts ms;
 	const struct csi_mount *m;
 	const char *engine;
 	int err;
 
 	*started = false;
-	err = csi_path_canonical(r->fluid_path, csi->mount_root, point);
-	if (!err && csi_is_stale(point)) {
+	if (csi_is_stale(point)) {
 		csi_log("fluid_path %s is a stale mount, cleaning it up", point);
 		if (csi_unmount_all(point, st))
 			return false;
 	}
-	if (!err || err == -ENOENT)
-		err = csi_mkdir_p(r->fluid_path, 0755);
-	if (!err)
-		err = csi_path_canonical(r->fluid_path, csi->mount_root, point);
-	if (err == -EXDEV)
-		return csi_fail(st, CSI_INVALID_ARGUMENT,
-				"fluid_path %s leads outside --mount-root through a symlink",
-				r->fluid_path);
+	err = csi_mkdir_p(point, 0755);
 	if (err)
-		return csi_fail(st, CSI_INTERNAL, "cannot create fluid_path %s: %s", r->fluid_path,
+		return csi_fail(st, CSI_INTERNAL, "cannot create fluid_path %s: %s", point,
 				strerror(-err));
+	/* A symlink swapped in since csi_fluid_claim() would move the mount. */
+	err = csi_path_canonical(point, csi->mount_root, again);
+	if (err || strcmp(again, point))
+		return csi_fail(st, CSI_INVALID_ARGUMENT, "fluid_path %s changed under us",
+				r->fluid_path);
 	for (;;) {
 		err = csi_mounts_read(&ms);
 		if (err)

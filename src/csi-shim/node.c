@@ -16,7 +16,11 @@
  *   swapped in after our checks cannot redirect them (publish.c).
  * - Calls on one volume id or target path never overlap: csi_handle() claims
  *   them in csi->busy and answers ABORTED (as the CSI spec asks) when another
- *   call holds them. csi->lock guards only that list.
+ *   call holds them. Stage, publish and unstage also claim the canonical
+ *   fluid_path (csi_fluid_take), because volume ids that share it share its
+ *   proxy and label: an unstage must not count users while a stage of
+ *   another volume is mounting. Nobody waits for a claim, so the order in
+ *   which they are taken cannot deadlock. csi->lock guards only that list.
  */
 #include "config.h"
 
@@ -30,7 +34,7 @@
 
 struct csi_busy {
 	struct csi_busy *next;
-	char key[];	/* 'v' + volume id or 't' + target path */
+	char key[];	/* 'v' + volume id, 't' + target path or 'p' + fluid_path */
 };
 
 int csi_init(struct csi *csi, const struct csi_config *cfg, struct csi_status *st)
@@ -74,7 +78,7 @@ void csi_release(struct csi *csi)
 	free(csi->kubelet_root);
 }
 
-/* ---- per-volume and per-target serialisation ---------------------------- */
+/* ---- per-volume, per-target and per-fluid_path serialisation ----------------- */
 
 static bool busy_has(struct csi *csi, char kind, const char *s)
 {
@@ -140,6 +144,29 @@ static void busy_drop(struct csi *csi, const char *vol, const char *target)
 	busy_del(csi, 'v', vol);
 	if (target)
 		busy_del(csi, 't', target);
+	pthread_mutex_unlock(&csi->lock);
+}
+
+bool csi_fluid_take(struct csi *csi, const char *point, struct csi_status *st)
+{
+	bool ok = false;
+
+	pthread_mutex_lock(&csi->lock);
+	if (busy_has(csi, 'p', point))
+		csi_fail(st, CSI_ABORTED, "an operation on fluid_path %s is already in progress",
+			 point);
+	else if (busy_add(csi, 'p', point))
+		csi_fail(st, CSI_INTERNAL, "out of memory");
+	else
+		ok = true;
+	pthread_mutex_unlock(&csi->lock);
+	return ok;
+}
+
+void csi_fluid_drop(struct csi *csi, const char *point)
+{
+	pthread_mutex_lock(&csi->lock);
+	busy_del(csi, 'p', point);
 	pthread_mutex_unlock(&csi->lock);
 }
 

@@ -107,14 +107,19 @@ int csi_path_inside(const char *path, const char *root, const char *root_real)
 int csi_path_canonical(const char *path, const char *root, char out[PATH_MAX])
 {
 	char dir[PATH_MAX], real[PATH_MAX];
-	const char *name = strrchr(path, '/') + 1;
+	size_t keep = strrchr(path, '/') - path;	/* the parent */
 
-	snprintf(dir, sizeof(dir), "%.*s", (int)(name - path), path);
-	if (!realpath(dir, real))
-		return -errno;
+	for (;;) {
+		snprintf(dir, sizeof(dir), "%.*s", (int)(keep ? keep : 1), path);
+		if (realpath(dir, real))
+			break;
+		if (errno != ENOENT || !keep)
+			return -errno;
+		keep = (const char *)memrchr(path, '/', keep) - path;
+	}
 	if (csi_path_below(real, root))
 		return -EXDEV;
-	if (snprintf(out, PATH_MAX, "%s/%s", strcmp(real, "/") ? real : "", name) >= PATH_MAX)
+	if (snprintf(out, PATH_MAX, "%s%s", strcmp(real, "/") ? real : "", path + keep) >= PATH_MAX)
 		return -ENAMETOOLONG;
 	return 0;
 }

@@ -152,6 +152,21 @@ out:
 	return ok;
 }
 
+/* Publish restarted a proxy that died: unstaging must know it is ours. */
+static void note_started(struct csi *csi, const struct csi_req *r, const char *point)
+{
+	struct csi_vol vs;
+	int err;
+
+	if (csi_vol_load(csi, r->volume_id, &vs) || strcmp(vs.fluid_path, point) || vs.started)
+		return;
+	vs.started = true;
+	err = csi_vol_save(csi, r->volume_id, &vs);
+	if (err)
+		csi_log("cannot save volume state of %s in %s: %s", r->volume_id,
+			csi->cfg.state_dir, strerror(-err));
+}
+
 bool csi_node_publish(struct csi *csi, const struct csi_req *r, struct csi_status *st)
 {
 	struct csi_dataset ds;
@@ -162,8 +177,14 @@ bool csi_node_publish(struct csi *csi, const struct csi_req *r, struct csi_statu
 
 	if (!csi_load_dataset(csi, r, &ds, config, &have, st))
 		return false;
+	if (!csi_fluid_claim(csi, r, point, st)) {
+		csi_dataset_free(&ds);
+		return false;
+	}
 	if (!csi_ensure_mounted(csi, r, have ? &ds : NULL, config, point, &started, st))
 		goto out;
+	if (started)
+		note_started(csi, r, point);
 	sfd = open_source(r, point, src, st);
 	if (sfd < 0)
 		goto out;
@@ -192,6 +213,7 @@ bool csi_node_publish(struct csi *csi, const struct csi_req *r, struct csi_statu
 out:
 	if (sfd >= 0)
 		close(sfd);
+	csi_fluid_drop(csi, point);
 	csi_dataset_free(&ds);
 	return ok;
 }
@@ -202,8 +224,6 @@ bool csi_node_unpublish(struct csi *csi, const struct csi_req *r, struct csi_sta
 	int err;
 
 	err = csi_path_canonical(r->target, csi->kubelet_root, target);
-	if (err == -ENOENT)
-		return true;	/* the parent is gone, so is the target */
 	if (err == -EXDEV)
 		return csi_fail(st, CSI_INVALID_ARGUMENT,
 				"target_path %s leads outside --kubelet-root through a symlink",

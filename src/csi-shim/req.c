@@ -22,9 +22,7 @@
 #include <unistd.h>
 
 #include "csi.pb-c.h"
-#include "src/csi-shim/csi.h"
-
-#define CSI_MAX_ID 128	/* the CSI spec lets plugins cap ids at 128 bytes */
+#include "src/csi-shim/csi_int.h"
 
 bool csi_fail(struct csi_status *st, enum csi_code code, const char *fmt, ...)
 {

@@ -34,13 +34,17 @@ bool csi_node_stage(struct csi *csi, const struct csi_req *r, struct csi_status 
 {
 	struct csi_dataset ds;
 	struct csi_vol vs, old;
-	char config[PATH_MAX];
+	char config[PATH_MAX], point[PATH_MAX];
 	char *key = NULL;
 	bool have, ok = false;
 	int err;
 
 	if (!csi_load_dataset(csi, r, &ds, config, &have, st))
 		return false;
+	if (!csi_fluid_claim(csi, r, point, st)) {
+		csi_dataset_free(&ds);
+		return false;
+	}
 	memset(&vs, 0, sizeof(vs));
 	/* Label first: Fluid's FUSE DaemonSet selects on it, so a volume whose
 	 * FUSE pod is Fluid's gets it started even if we fail below. */
@@ -54,8 +58,9 @@ bool csi_node_stage(struct csi *csi, const struct csi_req *r, struct csi_status 
 		goto out;
 	else
 		snprintf(vs.label, sizeof(vs.label), "%s", key);
-	if (!csi_ensure_mounted(csi, r, have ? &ds : NULL, config, vs.fluid_path, &vs.started, st))
+	if (!csi_ensure_mounted(csi, r, have ? &ds : NULL, config, point, &vs.started, st))
 		goto out;
+	snprintf(vs.fluid_path, sizeof(vs.fluid_path), "%s", point);
 	/* A repeated stage must not forget that an earlier one started the proxy. */
 	if (!vs.started && csi_vol_load(csi, r->volume_id, &old) == 0 &&
 	    !strcmp(old.fluid_path, vs.fluid_path))
@@ -71,6 +76,7 @@ bool csi_node_stage(struct csi *csi, const struct csi_req *r, struct csi_status 
 out:
 	if (err == -ENOMEM)
 		csi_fail(st, CSI_INTERNAL, "out of memory");
+	csi_fluid_drop(csi, point);
 	free(key);
 	csi_dataset_free(&ds);
 	return ok;
@@ -119,14 +125,35 @@ static void wait_backend_gone(struct csi *csi, const char *point)
 	}
 }
 
+/* Has label been removed already: is it vs's, or that of an earlier record
+ * of v[0..i) other than vs's? */
+static bool label_done(const char *label, const struct csi_vol *vs, const struct csi_vol *v,
+		       size_t i)
+{
+	if (!strcmp(label, vs->label))
+		return true;
+	while (i-- > 0)
+		if (strcmp(v[i].volume_id, vs->volume_id) && !strcmp(v[i].label, label))
+			return true;
+	return false;
+}
+
+/*
+ * The proxy and the node label belong to fluid_path, which several volume
+ * ids may share; its users are the bind mounts of its FUSE mount and the
+ * staged volumes with records on disk. While another remains, unstaging only
+ * marks this volume's record unstaged; the last user undoes what every stage
+ * of fluid_path did (their labels, the proxy if one of them started it) and
+ * removes all their records. The records are on disk, so this holds across
+ * a restart of the plugin.
+ */
 bool csi_node_unstage(struct csi *csi, const struct csi_req *r, struct csi_status *st)
 {
-	struct csi_vol vs;
+	struct csi_vol vs, *v = NULL;
 	struct csi_mounts ms;
 	const struct csi_mount *m;
-	char path[PATH_MAX];
-	bool lazarus = false;
-	size_t binds = 0;
+	bool lazarus = false, started, ok = false;
+	size_t n = 0, i, users = 0, binds = 0;
 	int err;
 
 	err = csi_vol_load(csi, r->volume_id, &vs);
@@ -134,31 +161,74 @@ bool csi_node_unstage(struct csi *csi, const struct csi_req *r, struct csi_statu
 		csi_log("volume %s was not staged by this plugin, nothing to unstage", r->volume_id);
 		return true;
 	}
+	if (!csi_fluid_take(csi, vs.fluid_path, st))
+		return false;
+	err = csi_vol_list(csi, vs.fluid_path, &v, &n);
+	if (err) {
+		csi_fail(st, CSI_INTERNAL, "cannot read the volume records in %s/csi: %s",
+			 csi->cfg.state_dir, strerror(-err));
+		goto out;
+	}
+	for (i = 0; i < n; i++)
+		users += !v[i].unstaged && strcmp(v[i].volume_id, vs.volume_id);
 	err = csi_mounts_read(&ms);
-	if (err)
-		return csi_fail(st, CSI_INTERNAL, "cannot read mountinfo: %s", strerror(-err));
+	if (err) {
+		csi_fail(st, CSI_INTERNAL, "cannot read mountinfo: %s", strerror(-err));
+		goto out;
+	}
 	m = csi_mounts_find(&ms, vs.fluid_path);
 	if (m) {
 		binds = count_binds(&ms, m);
 		lazarus = !strcmp(m->fstype, "fuse.lazarusfs");
 	}
 	csi_mounts_free(&ms);
-	if (binds) {
-		csi_log("volume %s: %zu bind mounts of %s remain, keeping it", r->volume_id, binds,
-			vs.fluid_path);
-		return true;
+	if (users || binds) {
+		csi_log("volume %s unstaged; %s is still used by %zu other volumes and %zu bind "
+			"mounts, keeping it", r->volume_id, vs.fluid_path, users, binds);
+		vs.unstaged = true;
+		err = csi_vol_save(csi, r->volume_id, &vs);
+		if (err)
+			csi_fail(st, CSI_INTERNAL, "cannot save volume state in %s: %s",
+				 csi->cfg.state_dir, strerror(-err));
+		ok = !err;
+		goto out;
 	}
+	/* The last user. A failure leaves every record, so a retry redoes it all. */
 	if (vs.label[0] && !set_label(csi, vs.label, false, st))
-		return false;
-	if (csi->cfg.clean_policy == CSI_CLEAN_ON_DEMAND && vs.started && lazarus) {
+		goto out;
+	started = vs.started;
+	for (i = 0; i < n; i++) {
+		if (!strcmp(v[i].volume_id, vs.volume_id))
+			continue;
+		started |= v[i].started;
+		if (v[i].label[0] && !label_done(v[i].label, &vs, v, i) &&
+		    !set_label(csi, v[i].label, false, st))
+			goto out;
+	}
+	if (csi->cfg.clean_policy == CSI_CLEAN_ON_DEMAND && started && lazarus) {
 		csi_log("unmounting lazarusfs at %s (clean policy OnDemand)", vs.fluid_path);
 		if (csi_unmount_all(vs.fluid_path, st))
-			return false;
+			goto out;
 		wait_backend_gone(csi, vs.fluid_path);
 	}
-	csi_vol_path(csi, r->volume_id, path);
-	if (unlink(path) < 0 && errno != ENOENT)
-		return csi_fail(st, CSI_INTERNAL, "cannot remove %s: %s", path, strerror(errno));
-	csi_log("volume %s unstaged", r->volume_id);
-	return true;
+	for (i = 0; i < n; i++)
+		if (strcmp(v[i].volume_id, vs.volume_id) && (err = csi_vol_remove(csi, v[i].volume_id)))
+			break;
+	if (!err)
+		err = csi_vol_remove(csi, vs.volume_id);
+	if (err) {
+		csi_fail(st, CSI_INTERNAL, "cannot remove a volume record in %s/csi: %s",
+			 csi->cfg.state_dir, strerror(-err));
+		goto out;
+	}
+	if (n > 1)
+		csi_log("volume %s unstaged, the last of %zu volumes on %s", r->volume_id, n,
+			vs.fluid_path);
+	else
+		csi_log("volume %s unstaged", r->volume_id);
+	ok = true;
+out:
+	csi_fluid_drop(csi, vs.fluid_path);
+	free(v);
+	return ok;
 }

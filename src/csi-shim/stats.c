@@ -59,8 +59,6 @@ bool csi_node_stats(struct csi *csi, const struct csi_req *r, uint8_t **resp, si
 	int err;
 
 	err = csi_path_canonical(r->target, csi->kubelet_root, path);
-	if (err == -ENOENT)
-		return csi_fail(st, CSI_NOT_FOUND, "volume_path %s does not exist", r->target);
 	if (err)
 		return csi_fail(st, CSI_INVALID_ARGUMENT, "volume_path %s: %s", r->target,
 				strerror(-err));

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import stat
+import subprocess
 import sys
 import threading
 import time
@@ -360,10 +361,7 @@ def test_concurrency():
 
 def ctl_dir(point):
     """<state_dir>/<XXH3 of the mount path> as lazarusfs names it."""
-    lib = ctypes.CDLL("libxxhash.so.0")
-    lib.XXH3_64bits.restype = ctypes.c_uint64
-    lib.XXH3_64bits.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-    return "%s/state/%016x" % (T, lib.XXH3_64bits(point.encode(), len(point.encode())))
+    return "%s/state/%016x" % (T, xxh3(point))
 
 
 def test_condition():
@@ -401,6 +399,95 @@ def test_condition():
     unpublish(vol, tgt)
     unstage(vol)
     ok("volume condition follows the lazarusfs control socket (running/recovering/failed)")
+
+
+def record(vol):
+    """The plugin's record of a staged volume, <state_dir>/csi/<XXH3 of the id>.vol."""
+    return "%s/state/csi/%016x.vol" % (T, xxh3(vol))
+
+
+def xxh3(s):
+    lib = ctypes.CDLL("libxxhash.so.0")
+    lib.XXH3_64bits.restype = ctypes.c_uint64
+    lib.XXH3_64bits.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+    return lib.XXH3_64bits(s.encode(), len(s.encode()))
+
+
+def lazarusfs_at(point):
+    return [p for p in our_pids("lazarusfs") if point in open("/proc/%d/cmdline" % p).read()]
+
+
+def gone(fn, what, timeout=10):
+    for _ in range(timeout * 10):
+        if not fn():
+            return
+        time.sleep(0.1)
+    raise AssertionError("%s still there: %s" % (what, fn()))
+
+
+class FreshPlugin:
+    """A second lazarusfs-csi with the flags of the first on its own socket:
+    what a restarted plugin sees (nothing in memory, the state dir on disk)."""
+
+    def __enter__(self):
+        with open("/proc/%s/cmdline" % os.environ["SHIM_PID"], "rb") as f:
+            args = [a.decode() for a in f.read().split(b"\0") if a]
+        sock = T + "/csi-fresh.sock"
+        args[args.index("--endpoint") + 1] = "unix://" + sock
+        self.log = open(T + "/shim-fresh.log", "w")
+        self.proc = subprocess.Popen(args, stderr=self.log)
+        for _ in range(100):
+            if os.path.exists(sock):
+                break
+            time.sleep(0.05)
+        return Client(SRC + "/src/csi-shim/csi.proto", sock)
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.log.close()
+
+
+def test_shared_fluid_path():
+    """Two volume ids on one fluid_path (two PVs of one dataset), OnDemand: the
+    proxy and the records go with the last user, also across a restart."""
+    v1, v2 = "default-lazy", "default-lazy-2"
+    t1, t2 = target("pod-share1", v1), target("pod-share2", v2)
+    stage(v1, "lazy", LAZY)
+    stage(v2, "lazy", LAZY)
+    m = at(LAZY)
+    check(len(m) == 1 and m[0]["fstype"] == "fuse.lazarusfs", "not one lazarusfs: %s" % m)
+    publish(v1, "lazy", LAZY, t1)
+    publish(v2, "lazy", LAZY, t2)
+    # kubelet's order: unpublish 1, unstage 1 while 2 is still bound, ...
+    unpublish(v1, t1)
+    unstage(v1)
+    check(at(LAZY) == m and lazarusfs_at(LAZY), "unstage of %s took the proxy from %s" % (v1, v2))
+    check(os.path.exists(record(v1)) and "unstaged=1" in open(record(v1)).read(),
+          "the record of %s went before the last user" % v1)
+    check(os.listdir(t2), "%s lost its data" % v2)
+    unstage(v1)	# kubelet may repeat it
+    check(at(LAZY) == m, "a repeated unstage took the proxy")
+    # ... unpublish 2, unstage 2, by a restarted plugin.
+    with FreshPlugin() as c2:
+        c2.call("NodeUnpublishVolume", volume_id=v2, target_path=t2)
+        check(at(LAZY) == m, "unpublish took the proxy")
+        c2.call("NodeUnstageVolume", volume_id=v2, staging_target_path=staging(v2))
+    check(not at(LAZY), "the last unstage left lazarusfs mounted: %s" % at(LAZY))
+    gone(lambda: lazarusfs_at(LAZY), "lazarusfs process")
+    check(not os.path.exists(record(v1)) and not os.path.exists(record(v2)),
+          "records left: %s" % os.listdir(T + "/state/csi"))
+    ok("two volume ids on one fluid_path: unstage of the first keeps proxy and record while "
+       "the second is bound; the last unstage (after a restart) removes both")
+    # A staged volume is a user even without a bind mount.
+    stage(v1, "lazy", LAZY)
+    stage(v2, "lazy", LAZY)
+    unstage(v1)
+    check(at(LAZY), "unstage of %s took the proxy from staged %s" % (v1, v2))
+    unstage(v2)
+    check(not at(LAZY), "lazarusfs left mounted")
+    check(not os.listdir(T + "/state/csi"), "records left: %s" % os.listdir(T + "/state/csi"))
+    ok("a volume staged without a bind keeps the shared proxy")
 
 
 def kill_wait(pids):
@@ -479,6 +566,7 @@ def main():
     if not os.access(lazarusfs, os.X_OK):
         raise AssertionError("%s is missing: the lazarusfs part cannot run" % lazarusfs)
     lifecycle("default-lazy", "lazy", LAZY, T + "/data2", ours=True)
+    test_shared_fluid_path()
     stale("default-lazy", "lazy", LAZY, lambda: our_pids("lazarusfs") + our_pids("bindfs"), True)
 
 
