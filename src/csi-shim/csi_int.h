@@ -73,6 +73,14 @@ int csi_vol_remove(struct csi *csi, const char *volume_id);
  * *n is 0). Damaged records are skipped. 0 or -errno. */
 int csi_vol_list(struct csi *csi, const char *fluid_path, struct csi_vol **out, size_t *n);
 
+/* <state_dir>/csi/<xxh3(target)>.pub: the volume id target (canonical) was
+ * published for, so that NodeGetVolumeStats and a second NodePublishVolume
+ * can tell two volumes that share a fluid_path apart. 0 or -errno; load gives
+ * -ENOENT when the target has no record. */
+int csi_pub_save(struct csi *csi, const char *target, const char *volume_id);
+int csi_pub_load(struct csi *csi, const char *target, char volume_id[CSI_MAX_ID + 1]);
+int csi_pub_remove(struct csi *csi, const char *target);
+
 /* ---- fluid.c --------------------------------------------------------------- */
 
 struct csi_dataset;

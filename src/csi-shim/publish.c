@@ -68,16 +68,19 @@ fail:
 	return -1;
 }
 
-/* A target that is mounted already: same source and mode is success (a
- * repeated call), a dead mount is removed, anything else is ALREADY_EXISTS.
- * Returns 1 if done, 0 to go on and mount (with the flags of the volume's
- * mount in *flags), -1 on error. */
-static int check_existing(const struct csi_req *r, const char *point, const char *src,
-			  const char *target, unsigned long *flags, struct csi_status *st)
+/* A target that is mounted already: same source and mode for the same volume
+ * id is success (a repeated call), a dead mount is removed, anything else is
+ * ALREADY_EXISTS. Two volume ids that share a fluid_path make identical
+ * binds: the target's publish record tells them apart. Returns 1 if done, 0
+ * to go on and mount (with the flags of the volume's mount in *flags), -1 on
+ * error. */
+static int check_existing(struct csi *csi, const struct csi_req *r, const char *point,
+			  const char *src, const char *target, unsigned long *flags,
+			  struct csi_status *st)
 {
 	struct csi_mounts ms;
 	const struct csi_mount *t, *v;
-	char root[PATH_MAX];
+	char root[PATH_MAX], owner[CSI_MAX_ID + 1];
 	int ret = 0;
 
 	if (csi_mounts_read(&ms)) {
@@ -102,14 +105,18 @@ static int check_existing(const struct csi_req *r, const char *point, const char
 	/* The bind shows the volume's device and the path inside it as root. */
 	snprintf(root, sizeof(root), "%s%s", strcmp(v->root, "/") ? v->root : "",
 		 src + strlen(point));
-	if (t->major == v->major && t->minor == v->minor &&
-	    !strcmp(t->root, root[0] ? root : "/") && !(t->flags & MS_RDONLY) == !r->readonly) {
-		ret = 1;
-		goto out;
+	if (t->major != v->major || t->minor != v->minor ||
+	    strcmp(t->root, root[0] ? root : "/") || !(t->flags & MS_RDONLY) != !r->readonly) {
+		csi_fail(st, CSI_ALREADY_EXISTS,
+			 "target_path %s is already mounted with a different source or mode", target);
+		ret = -1;
+	} else if (!csi_pub_load(csi, target, owner) && strcmp(owner, r->volume_id)) {
+		csi_fail(st, CSI_ALREADY_EXISTS, "target_path %s already holds volume %s", target,
+			 owner);
+		ret = -1;
+	} else {
+		ret = 1;	/* no record: published before the plugin kept them */
 	}
-	csi_fail(st, CSI_ALREADY_EXISTS,
-		 "target_path %s is already mounted with a different source or mode", target);
-	ret = -1;
 out:
 	csi_mounts_free(&ms);
 	return ret;
@@ -201,13 +208,22 @@ bool csi_node_publish(struct csi *csi, const struct csi_req *r, struct csi_statu
 			 strerror(-err));
 		goto out;
 	}
-	done = check_existing(r, point, src, target, &src_flags, st);
+	done = check_existing(csi, r, point, src, target, &src_flags, st);
 	if (done) {
 		ok = done > 0;
 		goto out;
 	}
-	if (!bind_mount(r, sfd, src_flags, target, st))
+	/* The record first: a bind without one would be anybody's. */
+	err = csi_pub_save(csi, target, r->volume_id);
+	if (err) {
+		csi_fail(st, CSI_INTERNAL, "cannot save the publish record in %s: %s",
+			 csi->cfg.state_dir, strerror(-err));
 		goto out;
+	}
+	if (!bind_mount(r, sfd, src_flags, target, st)) {
+		csi_pub_remove(csi, target);
+		goto out;
+	}
 	csi_log("volume %s published at %s%s", r->volume_id, target, r->readonly ? " (ro)" : "");
 	ok = true;
 out:
@@ -236,6 +252,10 @@ bool csi_node_unpublish(struct csi *csi, const struct csi_req *r, struct csi_sta
 	if (rmdir(target) < 0 && errno != ENOENT)
 		return csi_fail(st, CSI_INTERNAL, "cannot remove target_path %s: %s", target,
 				strerror(errno));
+	err = csi_pub_remove(csi, target);
+	if (err)
+		return csi_fail(st, CSI_INTERNAL, "cannot remove the publish record of %s: %s",
+				target, strerror(-err));
 	csi_log("volume %s unpublished from %s", r->volume_id, target);
 	return true;
 }

@@ -3,10 +3,11 @@
  * that they survive a restart of the plugin (its pod is updated or evicted
  * while pods on the node keep their mounts).
  *
- * Each is a file of key=value lines written atomically (temporary file,
- * fsync, rename), named after the XXH3 of its key; the key is inside too and
- * checked on load:
+ * Two kinds, each a file of key=value lines written atomically (temporary
+ * file, fsync, rename), named after the XXH3 of its key; the key is inside
+ * too and checked on load:
  *   <xxh3(volume_id)>.vol    a staged volume (struct csi_vol)
+ *   <xxh3(target)>.pub       which volume id a target path was published for
  * Values hold no newline: request strings with control characters are
  * refused in req.c.
  */
@@ -201,4 +202,40 @@ int csi_vol_list(struct csi *csi, const char *fluid_path, struct csi_vol **out, 
 	}
 	*out = v;
 	return 0;
+}
+
+/* ---- published targets --------------------------------------------------------- */
+
+int csi_pub_save(struct csi *csi, const char *target, const char *volume_id)
+{
+	char path[PATH_MAX], text[RECORD_MAX];
+
+	if (snprintf(text, sizeof(text), "target=%s\nvolume_id=%s\n", target, volume_id) >=
+	    (int)sizeof(text))
+		return -ENAMETOOLONG;
+	record_path(csi, target, "pub", path);
+	return record_write(csi, path, text);
+}
+
+int csi_pub_load(struct csi *csi, const char *target, char volume_id[CSI_MAX_ID + 1])
+{
+	char path[PATH_MAX], text[RECORD_MAX], t[PATH_MAX];
+	int err;
+
+	record_path(csi, target, "pub", path);
+	err = record_read(path, text, sizeof(text));
+	if (!err)
+		err = record_get(text, "target", t, sizeof(t));
+	if (!err)
+		err = strcmp(t, target) ? -ENOENT : record_get(text, "volume_id", volume_id,
+							       CSI_MAX_ID + 1);
+	return err;
+}
+
+int csi_pub_remove(struct csi *csi, const char *target)
+{
+	char path[PATH_MAX];
+
+	record_path(csi, target, "pub", path);
+	return unlink(path) < 0 && errno != ENOENT ? -errno : 0;
 }

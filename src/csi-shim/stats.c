@@ -45,6 +45,24 @@ static void condition(struct csi *csi, const struct csi_mounts *ms, const struct
 	}
 }
 
+/* Is the mount t at path (canonical) a publish of volume_id? Its publish
+ * record says; a bind from before the plugin kept records must at least
+ * show the device of the volume's own mount. */
+static bool published_here(struct csi *csi, const char *volume_id, const char *path,
+			   const struct csi_mounts *ms, const struct csi_mount *t)
+{
+	char owner[CSI_MAX_ID + 1];
+	const struct csi_mount *v;
+	struct csi_vol vs;
+
+	if (!csi_pub_load(csi, path, owner))
+		return !strcmp(owner, volume_id);
+	if (csi_vol_load(csi, volume_id, &vs))
+		return false;
+	v = csi_mounts_find(ms, vs.fluid_path);
+	return v && v->major == t->major && v->minor == t->minor;
+}
+
 bool csi_node_stats(struct csi *csi, const struct csi_req *r, uint8_t **resp, size_t *len,
 		    struct csi_status *st)
 {
@@ -69,6 +87,11 @@ bool csi_node_stats(struct csi *csi, const struct csi_req *r, uint8_t **resp, si
 	if (!t) {
 		csi_mounts_free(&ms);
 		return csi_fail(st, CSI_NOT_FOUND, "volume_path %s is not a mounted volume", path);
+	}
+	if (!published_here(csi, r->volume_id, path, &ms, t)) {
+		csi_mounts_free(&ms);
+		return csi_fail(st, CSI_NOT_FOUND, "volume %s is not published at %s", r->volume_id,
+				path);
 	}
 	condition(csi, &ms, t, &vc, msg, sizeof(msg));
 	csi_mounts_free(&ms);

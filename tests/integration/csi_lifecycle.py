@@ -269,6 +269,10 @@ def lifecycle(vol, name, fluid, src_dir, ours):
         except OSError as e:
             check(e.errno == errno.EROFS, "write gave %s, not EROFS" % e)
     expect(CODE.ALREADY_EXISTS, publish, vol, name, fluid, rw, readonly=True)
+    # Another volume id on the same fluid_path would make an identical bind.
+    expect(CODE.ALREADY_EXISTS, publish, vol + "-other", name, fluid, rw,
+           contains="already holds volume " + vol)
+    check(len(at(rw)) == 1, "a refused publish changed the target: %s" % at(rw))
     ok("%s: publish read-only (flag and reader-only mode): EROFS; conflicting republish refused" % vol)
 
     if not ours:
@@ -298,6 +302,9 @@ def lifecycle(vol, name, fluid, src_dir, ours):
     check(not r.volume_condition.abnormal, "condition abnormal: %s" % r.volume_condition.message)
     expect(CODE.NOT_FOUND, C.call, "NodeGetVolumeStats", volume_id=vol,
            volume_path=target("pod-none", vol))
+    # A published path of this volume asked about with another id: NOT_FOUND.
+    expect(CODE.NOT_FOUND, C.call, "NodeGetVolumeStats", volume_id=vol + "-other",
+           volume_path=rw, contains="is not published at")
     ok("%s: NodeGetVolumeStats matches statvfs, condition normal" % vol)
 
     unpublish(vol, rw)

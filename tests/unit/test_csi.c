@@ -735,12 +735,12 @@ static void test_ctl_status(void **state)
 	assert_string_equal(err, "engine exited with status 1");
 }
 
-/* The records under <state_dir>/csi that unstage relies on. */
+/* The records under <state_dir>/csi that unstage and stats rely on. */
 static void test_records(void **state)
 {
 	struct csi rc = csi;
 	struct csi_vol vs, *v;
-	char dir[256], path[PATH_MAX];
+	char dir[256], path[PATH_MAX], owner[CSI_MAX_ID + 1];
 	size_t n;
 
 	snprintf(dir, sizeof(dir), "%s/state", tmp);
@@ -790,6 +790,13 @@ static void test_records(void **state)
 	assert_int_equal(csi_vol_remove(&rc, "v1"), 0);
 	assert_int_equal(csi_vol_load(&rc, "v1", &vs), -ENOENT);
 
+	assert_int_equal(csi_pub_load(&rc, "/k/pods/t", owner), -ENOENT);
+	assert_int_equal(csi_pub_save(&rc, "/k/pods/t", "v2"), 0);
+	assert_int_equal(csi_pub_load(&rc, "/k/pods/t", owner), 0);
+	assert_string_equal(owner, "v2");
+	assert_int_equal(csi_pub_load(&rc, "/k/pods/u", owner), -ENOENT);
+	assert_int_equal(csi_pub_remove(&rc, "/k/pods/t"), 0);
+	assert_int_equal(csi_pub_load(&rc, "/k/pods/t", owner), -ENOENT);
 }
 
 /* Canonical forms: the last component is never resolved, missing ancestors
