@@ -84,24 +84,11 @@ int csi_path_below(const char *resolved, const char *base)
 
 int csi_path_inside(const char *path, const char *root, const char *root_real)
 {
-	char dir[PATH_MAX], real[PATH_MAX];
-	char *slash;
+	char real[PATH_MAX];
 
-	if (!below(path, root, true) || strlen(path) >= sizeof(dir))
+	if (!below(path, root, true))
 		return -EXDEV;
-	strcpy(dir, path);
-	/* Walk up to the deepest existing ancestor of the parent and resolve it. */
-	for (;;) {
-		slash = strrchr(dir, '/');
-		if (slash == dir)
-			slash[1] = '\0';
-		else
-			*slash = '\0';
-		if (realpath(dir, real))
-			return below(real, root_real, false) ? 0 : -EXDEV;
-		if (errno != ENOENT || !strcmp(dir, "/"))
-			return -errno;
-	}
+	return csi_path_canonical(path, root_real, real);
 }
 
 int csi_path_canonical(const char *path, const char *root, char out[PATH_MAX])
