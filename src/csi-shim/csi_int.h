@@ -11,7 +11,8 @@
  *   paths.c    path checks and canonical forms; mounts.c mountinfo, unmount
  *
  * Node operations run on many threads at once; csi_handle() guarantees
- * that calls on one volume id or one target path do not overlap.
+ * that calls on one volume id or one target path do not overlap, and stage,
+ * publish and unstage claim their fluid_path too (csi_fluid_take()).
  * Errors: 0 or -errno; functions that return bool set st when false.
  */
 #ifndef LAZARUSFS_CSI_INT_H

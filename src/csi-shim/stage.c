@@ -3,7 +3,8 @@
  * (Fluid's FUSE DaemonSet selects on the label) and makes sure the volume's
  * FUSE mount exists; it records what unstaging will need in
  * <state_dir>/csi. Unstaging removes the label and, with the OnDemand clean
- * policy, the proxy this plugin started, once nothing uses the volume.
+ * policy, the proxy this plugin started, once nothing uses the volume's
+ * fluid_path any more (see csi_node_unstage()).
  */
 #include "config.h"
 
@@ -125,15 +126,13 @@ static void wait_backend_gone(struct csi *csi, const char *point)
 	}
 }
 
-/* Has label been removed already: is it vs's, or that of an earlier record
- * of v[0..i) other than vs's? */
-static bool label_done(const char *label, const struct csi_vol *vs, const struct csi_vol *v,
-		       size_t i)
+/* Has label been removed already: is it first, or the label of v[0..i)? */
+static bool label_done(const char *label, const char *first, const struct csi_vol *v, size_t i)
 {
-	if (!strcmp(label, vs->label))
+	if (!strcmp(label, first))
 		return true;
 	while (i-- > 0)
-		if (strcmp(v[i].volume_id, vs->volume_id) && !strcmp(v[i].label, label))
+		if (!strcmp(v[i].label, label))
 			return true;
 	return false;
 }
@@ -201,7 +200,7 @@ bool csi_node_unstage(struct csi *csi, const struct csi_req *r, struct csi_statu
 		if (!strcmp(v[i].volume_id, vs.volume_id))
 			continue;
 		started |= v[i].started;
-		if (v[i].label[0] && !label_done(v[i].label, &vs, v, i) &&
+		if (v[i].label[0] && !label_done(v[i].label, vs.label, v, i) &&
 		    !set_label(csi, v[i].label, false, st))
 			goto out;
 	}

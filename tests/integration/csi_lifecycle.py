@@ -359,11 +359,14 @@ def test_concurrency():
     expect(CODE.ABORTED, publish, vol, "ghost", fluid, t2, contains="in progress")
     expect(CODE.ABORTED, unpublish, "other-volume", t1, contains="in progress")
     expect(CODE.ABORTED, unstage, vol, contains="in progress")
+    # Another volume id on the same fluid_path shares its proxy: it waits its turn.
+    expect(CODE.ABORTED, stage, vol + "-2", "ghost", fluid, contains="operation on fluid_path")
     th.join()
     check(res.get("slow") and res["slow"].code == CODE.FAILED_PRECONDITION, "slow publish %s" % res)
     expect(CODE.FAILED_PRECONDITION, stage, vol, "ghost", fluid, contains="no dataset config")
     unpublish(vol, t1)
-    ok("concurrent calls on one volume or target: ABORTED; missing config: FAILED_PRECONDITION")
+    ok("concurrent calls on one volume, target or fluid_path: ABORTED; "
+       "missing config: FAILED_PRECONDITION")
 
 
 def ctl_dir(point):
