@@ -8,7 +8,9 @@
  *   once per node and would never call stage again after the proxy died.
  * - Everything about a staged volume that NodeUnstageVolume needs but its
  *   request lacks (fluid_path, label key, whether we started the proxy) lives
- *   in <state_dir>/csi/<xxh3(volume_id)>.vol (state.c).
+ *   in <state_dir>/csi/<xxh3(volume_id)>.vol, and the volume id published at
+ *   each target in <xxh3(target)>.pub (state.c). Volume ids may share a
+ *   fluid_path; its proxy and label go with its last user (stage.c).
  * - Mount decisions come from /proc/self/mountinfo, never from stat() of a
  *   mount point, which fails or hangs on a dead FUSE mount. Paths that must be
  *   compared with mountinfo are made canonical by resolving the parent only.

@@ -424,7 +424,16 @@ def xxh3(s):
 
 
 def lazarusfs_at(point):
-    return [p for p in our_pids("lazarusfs") if point in open("/proc/%d/cmdline" % p).read()]
+    """lazarusfs processes whose command line names point."""
+    res = []
+    for p in our_pids("lazarusfs"):
+        try:
+            with open("/proc/%d/cmdline" % p, "rb") as f:
+                if point.encode() + b"\0" in f.read():
+                    res.append(p)
+        except OSError:
+            pass
+    return res
 
 
 def gone(fn, what, timeout=10):
