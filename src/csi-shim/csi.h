@@ -7,8 +7,8 @@
  * fuzzer drive it without gRPC.
  *
  * Ownership: struct csi owns copies of the configuration strings it needs.
- * Locking: csi->lock protects csi->busy, the set of volume ids and target
- * paths that have a call in flight. It is a leaf lock held only for list
+ * Locking: csi->lock protects csi->busy, the set of volume ids, target paths
+ * and fluid paths that have a call in flight. It is a leaf lock held only for list
  * operations; no I/O happens under it. All other fields are read-only after
  * csi_init(), so csi_handle() may run on many threads at once.
  * Errors: functions return 0 or -errno; RPC results are a struct csi_status.

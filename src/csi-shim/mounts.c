@@ -1,4 +1,4 @@
-/* mounts.c - read /proc/self/mountinfo (see proc(5)). */
+/* mounts.c - read /proc/self/mountinfo (see proc(5)) and take mounts down. */
 #include "config.h"
 
 #include <errno.h>
@@ -6,8 +6,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 
-#include "src/csi-shim/csi.h"
+#include "src/csi-shim/csi_int.h"
+
+#define MAX_STACKED 64	/* unmounts tried on one path (stacked binds) */
 
 static const struct {
 	const char *name;
@@ -165,4 +168,40 @@ bool csi_mount_is_fuse(const struct csi_mount *m)
 {
 	return !strcmp(m->fstype, "fuse") || !strcmp(m->fstype, "fuseblk") ||
 	       !strncmp(m->fstype, "fuse.", 5);
+}
+
+int csi_unmount_all(const char *point, struct csi_status *st)
+{
+	struct csi_mounts ms;
+	bool mounted;
+	int i, err;
+
+	for (i = 0; i < MAX_STACKED; i++) {
+		err = csi_mounts_read(&ms);
+		if (err) {
+			csi_fail(st, CSI_INTERNAL, "cannot read mountinfo: %s", strerror(-err));
+			return err;
+		}
+		mounted = csi_mounts_find(&ms, point) != NULL;
+		csi_mounts_free(&ms);
+		if (!mounted)
+			return 0;
+		if (umount2(point, UMOUNT_NOFOLLOW) == 0 || errno == EINVAL)
+			continue;
+		csi_log("umount %s failed: %s, detaching it", point, strerror(errno));
+		if (umount2(point, UMOUNT_NOFOLLOW | MNT_DETACH) < 0 && errno != EINVAL) {
+			err = -errno;
+			csi_fail(st, CSI_INTERNAL, "cannot unmount %s: %s", point, strerror(errno));
+			return err;
+		}
+	}
+	csi_fail(st, CSI_INTERNAL, "%s is still mounted after %d unmounts", point, MAX_STACKED);
+	return -EBUSY;
+}
+
+bool csi_is_stale(const char *path)
+{
+	struct stat sb;
+
+	return stat(path, &sb) < 0 && (errno == ENOTCONN || errno == ECONNABORTED);
 }

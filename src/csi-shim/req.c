@@ -3,7 +3,13 @@
  * required fields, absolute clean paths, paths inside their roots (lexically
  * and through symlinks of the existing ancestors), Kubernetes names, and
  * fluid_sub_path without "..". The symlink check of fluid_sub_path needs the
- * mounted volume and happens in node.c at publish time.
+ * mounted volume and happens in publish.c.
+ *
+ * protobuf-c decodes a proto3 string into a NUL-terminated copy and keeps no
+ * length, so a volume id "ab\0cd" would reach us as "ab" (and a map key
+ * "fluid_path\0x" would match "fluid_path"). csi_req_parse() therefore walks
+ * the raw bytes of every request once more (no_nul()) and rejects any string
+ * field that holds a NUL byte before anything reads the decoded strings.
  */
 #include "config.h"
 
@@ -16,9 +22,7 @@
 #include <unistd.h>
 
 #include "csi.pb-c.h"
-#include "src/csi-shim/csi.h"
-
-#define CSI_MAX_ID 128	/* the CSI spec lets plugins cap ids at 128 bytes */
+#include "src/csi-shim/csi_int.h"
 
 bool csi_fail(struct csi_status *st, enum csi_code code, const char *fmt, ...)
 {
@@ -45,94 +49,6 @@ void csi_log(const char *fmt, ...)
 	/* One write per line, so lines from concurrent calls do not interleave. */
 	if (write(STDERR_FILENO, buf, strlen(buf)) < 0)
 		return;
-}
-
-/* Appends the components of in to out (which holds len bytes), skipping empty
- * and "." ones. Returns the new length or -errno. */
-static int path_append(char *out, size_t len, const char *in)
-{
-	while (*in) {
-		const char *end = strchrnul(in, '/');
-		size_t n = end - in;
-
-		if (n == 2 && in[0] == '.' && in[1] == '.')
-			return -EPERM;
-		if (n && !(n == 1 && in[0] == '.')) {
-			if (len + 1 + n >= PATH_MAX)
-				return -ENAMETOOLONG;
-			out[len++] = '/';
-			memcpy(out + len, in, n);
-			len += n;
-			out[len] = '\0';
-		}
-		in = *end ? end + 1 : end;
-	}
-	return len;
-}
-
-int csi_path_clean(const char *path, char **out)
-{
-	char buf[PATH_MAX] = "";
-	int len;
-
-	if (!path || path[0] != '/')
-		return -EINVAL;
-	len = path_append(buf, 0, path);
-	if (len < 0)
-		return len;
-	*out = strdup(len ? buf : "/");
-	return *out ? 0 : -ENOMEM;
-}
-
-int csi_subpath_clean(const char *sub, char **out)
-{
-	char buf[PATH_MAX] = "";
-	int len = path_append(buf, 0, sub);
-
-	if (len < 0)
-		return len;
-	/* Stored without the leading '/', so "" is the volume root. */
-	*out = strdup(len ? buf + 1 : "");
-	return *out ? 0 : -ENOMEM;
-}
-
-/* Is path equal to base (if !strict) or below it? Both clean and absolute. */
-static bool below(const char *path, const char *base, bool strict)
-{
-	size_t n = strlen(base);
-
-	if (!strcmp(path, base))
-		return !strict;
-	if (n == 1)	/* base is "/" */
-		return true;
-	return !strncmp(path, base, n) && path[n] == '/';
-}
-
-int csi_path_below(const char *resolved, const char *base)
-{
-	return below(resolved, base, false) ? 0 : -EXDEV;
-}
-
-int csi_path_inside(const char *path, const char *root, const char *root_real)
-{
-	char dir[PATH_MAX], real[PATH_MAX];
-	char *slash;
-
-	if (!below(path, root, true) || strlen(path) >= sizeof(dir))
-		return -EXDEV;
-	strcpy(dir, path);
-	/* Walk up to the deepest existing ancestor of the parent and resolve it. */
-	for (;;) {
-		slash = strrchr(dir, '/');
-		if (slash == dir)
-			slash[1] = '\0';
-		else
-			*slash = '\0';
-		if (realpath(dir, real))
-			return below(real, root_real, false) ? 0 : -EXDEV;
-		if (errno != ENOENT || !strcmp(dir, "/"))
-			return -errno;
-	}
 }
 
 bool csi_dns_label(const char *s)
@@ -209,19 +125,102 @@ static const char *map_get(void *entries, size_t n, const char *key)
 	return "";
 }
 
-static bool check_id(const char *id, struct csi_status *st)
+/* Reads the varint at *p. False if it runs past end or over 10 bytes. */
+static bool varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+	unsigned shift;
+
+	*v = 0;
+	for (shift = 0; *p < end && shift < 64; shift += 7) {
+		uint8_t b = *(*p)++;
+
+		*v |= (uint64_t)(b & 0x7f) << shift;
+		if (!(b & 0x80))
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Checks the wire bytes of a message of type desc: no string field, at any
+ * depth, may hold a NUL byte. prefix names the enclosing field for the
+ * message ("volume_capability.mount."). Fields named "secrets" are skipped:
+ * the plugin never reads them and a secret may hold any byte. Runs after
+ * protobuf-c accepted the bytes, so a structural error cannot happen; it is
+ * still reported rather than trusted.
+ */
+static bool no_nul(const ProtobufCMessageDescriptor *desc, const uint8_t *p, size_t len,
+		   const char *prefix, struct csi_status *st)
+{
+	const uint8_t *end;
+	const ProtobufCFieldDescriptor *f;
+	char name[128];
+	uint64_t tag, n;
+
+	if (!len)	/* p may be NULL then */
+		return true;
+	for (end = p + len; p < end;) {
+		if (!varint(&p, end, &tag))
+			goto malformed;
+		switch (tag & 7) {
+		case 0:	/* varint */
+			if (!varint(&p, end, &n))
+				goto malformed;
+			continue;
+		case 1:	/* 64-bit */
+			n = 8;
+			break;
+		case 2:	/* length-delimited */
+			if (!varint(&p, end, &n))
+				goto malformed;
+			break;
+		case 5:	/* 32-bit */
+			n = 4;
+			break;
+		default:	/* groups: protobuf-c does not decode them */
+			goto malformed;
+		}
+		if (n > (uint64_t)(end - p))
+			goto malformed;
+		f = (tag & 7) == 2 && tag >> 3 <= UINT32_MAX ?
+		    protobuf_c_message_descriptor_get_field(desc, (unsigned)(tag >> 3)) : NULL;
+		if (f && (f->type == PROTOBUF_C_TYPE_STRING || f->type == PROTOBUF_C_TYPE_MESSAGE)) {
+			snprintf(name, sizeof(name), "%s%s", prefix, f->name);
+			if (f->type == PROTOBUF_C_TYPE_STRING && memchr(p, '\0', n))
+				return csi_fail(st, CSI_INVALID_ARGUMENT, "%s contains a NUL byte",
+						name);
+			if (f->type == PROTOBUF_C_TYPE_MESSAGE && strcmp(f->name, "secrets")) {
+				strncat(name, ".", sizeof(name) - strlen(name) - 1);
+				if (!no_nul(f->descriptor, p, n, name, st))
+					return false;
+			}
+		}
+		p += n;
+	}
+	return true;
+malformed:
+	return csi_fail(st, CSI_INVALID_ARGUMENT, "malformed %s request", desc->short_name);
+}
+
+static bool has_control(const char *s)
 {
 	const unsigned char *p;
 
+	for (p = (const unsigned char *)s; *p; p++)
+		if (*p < 0x20 || *p == 0x7f)
+			return true;
+	return false;
+}
+
+static bool check_id(const char *id, struct csi_status *st)
+{
 	if (!*id)
 		return csi_fail(st, CSI_INVALID_ARGUMENT, "volume_id is required");
 	if (strlen(id) > CSI_MAX_ID)
 		return csi_fail(st, CSI_INVALID_ARGUMENT, "volume_id is longer than %d bytes",
 				CSI_MAX_ID);
-	for (p = (const unsigned char *)id; *p; p++)
-		if (*p < 0x20 || *p == 0x7f)
-			return csi_fail(st, CSI_INVALID_ARGUMENT,
-					"volume_id contains a control character");
+	if (has_control(id))
+		return csi_fail(st, CSI_INVALID_ARGUMENT, "volume_id contains a control character");
 	return true;
 }
 
@@ -234,6 +233,9 @@ static bool check_path(const char *what, const char *path, const char *root,
 
 	if (!*path)
 		return csi_fail(st, CSI_INVALID_ARGUMENT, "%s is required", what);
+	/* Paths go into log lines and fluid_path into line-based records. */
+	if (has_control(path))
+		return csi_fail(st, CSI_INVALID_ARGUMENT, "%s contains a control character", what);
 	err = csi_path_clean(path, out);
 	if (err == -EINVAL)
 		return csi_fail(st, CSI_INVALID_ARGUMENT, "%s must be an absolute path: %s",
@@ -264,7 +266,13 @@ static bool check_capability(const Csi__V1__VolumeCapability *cap, bool *reader_
 	if (cap->access_type_case != CSI__V1__VOLUME_CAPABILITY__ACCESS_TYPE_MOUNT)
 		return csi_fail(st, CSI_INVALID_ARGUMENT,
 				"volume_capability must be a mount volume: block volumes are not supported");
-	mode = cap->access_mode ? cap->access_mode->mode : 0;
+	/* Required by the spec; an access_mode without a mode says nothing either. */
+	if (!cap->access_mode)
+		return csi_fail(st, CSI_INVALID_ARGUMENT, "volume_capability access_mode is required");
+	mode = cap->access_mode->mode;
+	if (mode == CSI__V1__VOLUME_CAPABILITY__ACCESS_MODE__MODE__UNKNOWN)
+		return csi_fail(st, CSI_INVALID_ARGUMENT,
+				"volume_capability access_mode mode is required");
 	*reader_only = mode == CSI__V1__VOLUME_CAPABILITY__ACCESS_MODE__MODE__SINGLE_NODE_READER_ONLY ||
 		       mode == CSI__V1__VOLUME_CAPABILITY__ACCESS_MODE__MODE__MULTI_NODE_READER_ONLY;
 	return true;
@@ -287,6 +295,8 @@ static bool check_context(struct csi *csi, void *ctx, size_t n, bool need_names,
 	if (!check_path("fluid_path", fluid_path, csi->cfg.mount_root, csi->mount_root,
 			"--mount-root", &r->fluid_path, st))
 		return false;
+	if (has_control(sub))
+		return csi_fail(st, CSI_INVALID_ARGUMENT, "fluid_sub_path contains a control character");
 	err = csi_subpath_clean(sub, &r->sub_path);
 	if (err == -EPERM)
 		return csi_fail(st, CSI_INVALID_ARGUMENT,
@@ -333,8 +343,14 @@ static bool parse_fields(struct csi *csi, struct csi_req *r, struct csi_status *
 		Csi__V1__NodePublishVolumeRequest *q = (void *)r->msg;
 
 		r->volume_id = q->volume_id;
-		if (!check_id(q->volume_id, st) ||
-		    !check_path("staging_target_path", q->staging_target_path, kr, krr,
+		if (!check_id(q->volume_id, st))
+			return false;
+		/* We advertise STAGE_UNSTAGE_VOLUME: the spec's answer is FAILED_PRECONDITION. */
+		if (!*q->staging_target_path)
+			return csi_fail(st, CSI_FAILED_PRECONDITION,
+					"staging_target_path is required: this plugin stages volumes, "
+					"call NodeStageVolume first");
+		if (!check_path("staging_target_path", q->staging_target_path, kr, krr,
 				"--kubelet-root", &r->staging, st) ||
 		    !check_path("target_path", q->target_path, kr, krr, "--kubelet-root",
 				&r->target, st) ||
@@ -382,7 +398,7 @@ bool csi_req_parse(struct csi *csi, const char *method, const uint8_t *req,
 	if (!r->msg)
 		return csi_fail(st, CSI_INVALID_ARGUMENT, "malformed %s request",
 				methods[i].desc->short_name);
-	if (!parse_fields(csi, r, st)) {
+	if (!no_nul(methods[i].desc, req, len, "", st) || !parse_fields(csi, r, st)) {
 		csi_req_free(r);
 		return false;
 	}

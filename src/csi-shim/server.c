@@ -8,7 +8,11 @@
  * the reply and status. A signal thread turns SIGTERM/SIGINT into
  * grpc_server_shutdown_and_notify(); the main thread then waits for the
  * shutdown tag, for its last request to fail and for the call threads
- * (counted under srv->lock) before it destroys the server.
+ * (counted under srv->lock) before it destroys the server. Call threads are
+ * joined, not detached: a thread that said it was done still runs its
+ * thread-local destructors (OpenSSL's, after a node label call), and a
+ * process that exits meanwhile leaves them half freed. start_call() joins the
+ * ones that finished since the last call, csi_server_run() the rest.
  */
 #include "config.h"
 
@@ -27,14 +31,21 @@
 
 #include "src/csi-shim/csi.h"
 
+/* A call thread that has finished and waits to be joined. */
+struct done {
+	struct done *next;
+	pthread_t tid;
+};
+
 struct srv {
 	struct csi *csi;
 	grpc_server *server;
 	grpc_completion_queue *cq;	/* notifications: new calls, shutdown */
 	atomic_bool stop;		/* set by the signal thread */
-	pthread_mutex_t lock;		/* leaf lock, protects calls */
+	pthread_mutex_t lock;		/* leaf lock, protects calls and done */
 	pthread_cond_t idle;
 	int calls;			/* call threads running, protected by lock */
+	struct done *done;		/* finished call threads, protected by lock */
 };
 
 struct call {
@@ -43,6 +54,7 @@ struct call {
 	grpc_call *call;
 	grpc_call_details details;
 	grpc_metadata_array md;
+	struct done *done;		/* its entry for srv->done; NULL on the main thread */
 };
 
 static int shutdown_tag;
@@ -121,6 +133,7 @@ static void *call_main(void *arg)
 	grpc_byte_buffer *out = NULL;
 	grpc_slice details, msg;
 	grpc_op ops[4];
+	struct done *d;
 	uint8_t *resp = NULL;
 	size_t resp_len = 0, n = 0;
 	int cancelled = 0;
@@ -146,33 +159,54 @@ static void *call_main(void *arg)
 	if (out)
 		grpc_byte_buffer_destroy(out);
 	free(resp);
+	d = c->done;
 	call_free(c);
 	pthread_mutex_lock(&s->lock);
 	s->calls--;
+	if (d) {
+		d->tid = pthread_self();
+		d->next = s->done;
+		s->done = d;
+	}
 	pthread_cond_signal(&s->idle);
 	pthread_mutex_unlock(&s->lock);
 	return NULL;
 }
 
+/* Joins the call threads that have finished. */
+static void join_done(struct srv *s)
+{
+	struct done *d, *next;
+
+	pthread_mutex_lock(&s->lock);
+	d = s->done;
+	s->done = NULL;
+	pthread_mutex_unlock(&s->lock);
+	for (; d; d = next) {
+		next = d->next;
+		pthread_join(d->tid, NULL);
+		free(d);
+	}
+}
+
 static void start_call(struct srv *s, struct call *c)
 {
-	pthread_attr_t attr;
 	pthread_t tid;
 	int err;
 
+	join_done(s);
 	pthread_mutex_lock(&s->lock);
 	s->calls++;
 	pthread_mutex_unlock(&s->lock);
-	pthread_attr_init(&attr);
-	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-	err = pthread_create(&tid, &attr, call_main, c);
-
+	c->done = malloc(sizeof(*c->done));
+	err = c->done ? pthread_create(&tid, NULL, call_main, c) : ENOMEM;
 	if (err) {
 		csi_log("cannot start a call thread: %s", strerror(err));
+		free(c->done);
+		c->done = NULL;
 		/* Run it here rather than leave the client hanging. */
 		call_main(c);
 	}
-	pthread_attr_destroy(&attr);
 }
 
 static void *signal_main(void *arg)
@@ -303,6 +337,7 @@ int csi_server_run(struct csi *csi, const char *endpoint)
 	while (s.calls)
 		pthread_cond_wait(&s.idle, &s.lock);
 	pthread_mutex_unlock(&s.lock);
+	join_done(&s);
 	goto out;
 out_shutdown:
 	grpc_server_shutdown_and_notify(s.server, s.cq, &shutdown_tag);

@@ -9,8 +9,10 @@
  * mountinfo line parser instead.
  *
  * Built by `make check` this is a deterministic mutation fuzzer: it packs a
- * valid request of every kind, then mutates (flip, insert, delete, truncate,
- * splice, varint bombs) for a bounded number of rounds:
+ * valid request of every kind and a few that break exactly one rule (a NUL in
+ * a string, no access_mode, no staging_target_path, a relative volume_path),
+ * then mutates (flip, insert, delete, truncate, splice, varint bombs) for a
+ * bounded number of rounds:
  *   tests/fuzz/csi_fuzz [ITERATIONS [SEED]]      (default 200000 1)
  * Built with clang -fsanitize=fuzzer,address -DCSI_LIBFUZZER (link libcsi.la
  * and its libraries) it is a libFuzzer target.
@@ -127,6 +129,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	if (r.op == CSI_NODE_STAGE)
 		assert(csi_dns_label(r.ns) && csi_dns_subdomain(r.name));
+	if (r.op == CSI_NODE_STAGE || r.op == CSI_NODE_PUBLISH) {
+		const Csi__V1__VolumeCapability *cap = r.op == CSI_NODE_STAGE ?
+			((Csi__V1__NodeStageVolumeRequest *)r.msg)->volume_capability :
+			((Csi__V1__NodePublishVolumeRequest *)r.msg)->volume_capability;
+
+		assert(cap && cap->access_mode && cap->access_mode->mode);
+	}
+	if (r.op == CSI_NODE_PUBLISH)
+		assert(r.staging);
 	accepted++;
 	csi_req_free(&r);
 	return 0;
@@ -225,6 +236,75 @@ static size_t make_seeds(struct seed *seeds)
 	return n;
 }
 
+/*
+ * Seeds one mutation away from acceptance, each rejected for one rule: a NUL
+ * in a string (appended as a second volume_id, which proto3 lets override
+ * the first), a capability without access_mode, a publish without
+ * staging_target_path, a relative volume_path. Returns how many; each must be
+ * rejected with its code.
+ */
+static size_t make_reject_seeds(struct seed *seeds, enum csi_code *codes)
+{
+	Csi__V1__VolumeCapability__MountVolume mv = CSI__V1__VOLUME_CAPABILITY__MOUNT_VOLUME__INIT;
+	Csi__V1__VolumeCapability cap = CSI__V1__VOLUME_CAPABILITY__INIT;
+	Csi__V1__NodeStageVolumeRequest__VolumeContextEntry e[3], *ep[3];
+	Csi__V1__NodePublishVolumeRequest__VolumeContextEntry pe =
+		CSI__V1__NODE_PUBLISH_VOLUME_REQUEST__VOLUME_CONTEXT_ENTRY__INIT, *pep = &pe;
+	Csi__V1__NodeStageVolumeRequest stage = CSI__V1__NODE_STAGE_VOLUME_REQUEST__INIT;
+	Csi__V1__NodeUnpublishVolumeRequest unpub = CSI__V1__NODE_UNPUBLISH_VOLUME_REQUEST__INIT;
+	Csi__V1__NodePublishVolumeRequest pub = CSI__V1__NODE_PUBLISH_VOLUME_REQUEST__INIT;
+	Csi__V1__VolumeCapability__AccessMode am = CSI__V1__VOLUME_CAPABILITY__ACCESS_MODE__INIT;
+	Csi__V1__NodeGetVolumeStatsRequest stats = CSI__V1__NODE_GET_VOLUME_STATS_REQUEST__INIT;
+	static const uint8_t nul_id[] = { 0x0a, 0x05, 'a', 'b', 0, 'c', 'd' };
+	static const char *keys[3] = { "fluid_path", "runtime_namespace", "runtime_name" };
+	char fluid[128], target[128], staging[128];
+	const char *vals[3] = { fluid, "default", "demo" };
+	size_t i, n = 0;
+
+	snprintf(fluid, sizeof(fluid), "%s/juicefs/default/demo/juicefs-fuse", csi.cfg.mount_root);
+	snprintf(target, sizeof(target), "%s/pods/uid/volumes/kubernetes.io~csi/pv/mount",
+		 csi.cfg.kubelet_root);
+	snprintf(staging, sizeof(staging), "%s/plugins/kubernetes.io/csi/pv/globalmount",
+		 csi.cfg.kubelet_root);
+	unpub.volume_id = "default-demo";
+	unpub.target_path = target;
+	add_seed(&seeds[n], 3, &unpub.base);
+	memcpy(seeds[n].buf + seeds[n].len, nul_id, sizeof(nul_id));
+	seeds[n].len += sizeof(nul_id);
+	codes[n++] = CSI_INVALID_ARGUMENT;
+	for (i = 0; i < 3; i++) {
+		csi__v1__node_stage_volume_request__volume_context_entry__init(&e[i]);
+		e[i].key = (char *)keys[i];
+		e[i].value = (char *)vals[i];
+		ep[i] = &e[i];
+	}
+	cap.access_type_case = CSI__V1__VOLUME_CAPABILITY__ACCESS_TYPE_MOUNT;
+	cap.mount = &mv;
+	stage.volume_id = "default-demo";
+	stage.staging_target_path = staging;
+	stage.volume_capability = &cap;	/* no access_mode */
+	stage.n_volume_context = 3;
+	stage.volume_context = ep;
+	add_seed(&seeds[n], 0, &stage.base);
+	codes[n++] = CSI_INVALID_ARGUMENT;
+	am.mode = CSI__V1__VOLUME_CAPABILITY__ACCESS_MODE__MODE__SINGLE_NODE_WRITER;
+	cap.access_mode = &am;
+	pub.volume_id = "default-demo";
+	pub.target_path = target;	/* no staging_target_path */
+	pub.volume_capability = &cap;
+	pe.key = "fluid_path";
+	pe.value = fluid;
+	pub.n_volume_context = 1;
+	pub.volume_context = &pep;
+	add_seed(&seeds[n], 2, &pub.base);
+	codes[n++] = CSI_FAILED_PRECONDITION;
+	stats.volume_id = "default-demo";
+	stats.volume_path = "some/path";
+	add_seed(&seeds[n], 4, &stats.base);
+	codes[n++] = CSI_INVALID_ARGUMENT;
+	return n;
+}
+
 static size_t mutate(uint8_t *b, size_t len, size_t cap, const struct seed *other)
 {
 	size_t pos = len ? next() % len : 0, n, i;
@@ -277,10 +357,11 @@ static size_t mutate(uint8_t *b, size_t len, size_t cap, const struct seed *othe
 
 int main(int argc, char **argv)
 {
-	struct seed seeds[8];
+	struct seed seeds[12];
+	enum csi_code codes[4];
 	uint8_t buf[4096];
 	unsigned long iters = argc > 1 ? strtoul(argv[1], NULL, 10) : 200000, i;
-	size_t nseeds, len, j;
+	size_t nseeds, nreject, len, j;
 
 	rng = argc > 2 ? strtoull(argv[2], NULL, 10) : 1;
 	if (!rng)
@@ -295,6 +376,20 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	accepted = 0;
+	nreject = make_reject_seeds(seeds + nseeds, codes);
+	for (j = 0; j < nreject; j++) {
+		struct csi_status st;
+		struct csi_req r;
+		const struct seed *s = &seeds[nseeds + j];
+
+		if (csi_req_parse(&csi, methods[s->buf[0]], s->buf + 1, s->len - 1, &r, &st) ||
+		    st.code != codes[j]) {
+			fprintf(stderr, "csi_fuzz: reject seed %zu gave code %d, not %d\n", j,
+				st.code, codes[j]);
+			return 1;
+		}
+	}
+	nseeds += nreject;
 	for (i = 0; i < iters; i++) {
 		const struct seed *s = &seeds[next() % nseeds];
 		unsigned k, rounds = 1 + next() % 4;

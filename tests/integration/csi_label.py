@@ -105,6 +105,57 @@ def patch(node, key, value):
                 body={"metadata": {"labels": {key: value}}})
 
 
+def test_shared_label(api):
+    """Two volume ids on one fluid_path share its node label: kubelet's order
+    (unpublish 1, unstage 1 while 2 is bound, unpublish 2, unstage 2) removes
+    it with the last one only, also when the plugin restarts in between."""
+    fluid = T + "/runtime-mnt/juicefs/default/demo/juicefs-fuse"
+    vols = ("default-demo", "default-demo-2")
+    tgt = {v: T + "/kubelet/pods/%s/volumes/kubernetes.io~csi/%s/mount" % (v, v) for v in vols}
+    cap = {"mount": {}, "access_mode": {"mode": 1}}
+    vctx = {"fluid_path": fluid, "mount_type": "JuiceFS", "runtime_namespace": "default",
+            "runtime_name": "demo"}
+
+    def staging(v):
+        return T + "/kubelet/plugins/x/%s/globalmount" % v
+
+    del REQUESTS[:]
+    p = Plugin("node-1", T + "/ca.crt", api)
+    for v in vols:
+        p.c.call("NodeStageVolume", volume_id=v, staging_target_path=staging(v),
+                 volume_capability=cap, volume_context=vctx)
+        p.c.call("NodePublishVolume", volume_id=v, staging_target_path=staging(v),
+                 target_path=tgt[v], volume_capability=cap, volume_context=vctx)
+    check(REQUESTS == [patch("node-1", "fluid.io/f-default-demo", "true")] * 2,
+          "stages sent %s" % REQUESTS)
+    p.c.call("NodeUnpublishVolume", volume_id=vols[0], target_path=tgt[vols[0]])
+    p.c.call("NodeUnstageVolume", volume_id=vols[0], staging_target_path=staging(vols[0]))
+    check(REQUESTS[2:] == [], "unstage of %s while %s is bound sent %s" % (vols[0], vols[1],
+                                                                       REQUESTS[2:]))
+    p.stop()
+    p = Plugin("node-1", T + "/ca.crt", api)
+    p.c.call("NodeUnpublishVolume", volume_id=vols[1], target_path=tgt[vols[1]])
+    p.c.call("NodeUnstageVolume", volume_id=vols[1], staging_target_path=staging(vols[1]))
+    check(REQUESTS[2:] == [patch("node-1", "fluid.io/f-default-demo", None)],
+          "the last unstage sent %s" % REQUESTS[2:])
+    check(not [f for f in os.listdir(T + "/state/csi") if f.endswith(".vol")],
+          "records left: %s" % os.listdir(T + "/state/csi"))
+    # A staged volume uses the label even with no bind mount left.
+    del REQUESTS[:]
+    for v in vols:
+        p.c.call("NodeStageVolume", volume_id=v, staging_target_path=staging(v),
+                 volume_capability=cap, volume_context=vctx)
+    p.c.call("NodeUnstageVolume", volume_id=vols[0], staging_target_path=staging(vols[0]))
+    check(REQUESTS[2:] == [], "unstage of %s while %s is staged sent %s" % (vols[0], vols[1],
+                                                                        REQUESTS[2:]))
+    p.c.call("NodeUnstageVolume", volume_id=vols[1], staging_target_path=staging(vols[1]))
+    check(REQUESTS[2:] == [patch("node-1", "fluid.io/f-default-demo", None)],
+          "the last unstage sent %s" % REQUESTS[2:])
+    p.stop()
+    print("ok - two volume ids on one fluid_path: the label goes with the last unstage, "
+          "across a plugin restart and with no bind mount", flush=True)
+
+
 def main():
     port = serve()
     api = "https://127.0.0.1:%d" % port
@@ -132,6 +183,7 @@ def main():
     print("ok - long names use fluid.io/f-<dataset_uid>, or skip the label with a log line",
           flush=True)
     p.stop()
+    test_shared_label(api)
 
     FAIL_WITH["node-denied"] = 403
     p = Plugin("node-denied", T + "/ca.crt", api)

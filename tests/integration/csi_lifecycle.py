@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import stat
+import subprocess
 import sys
 import threading
 import time
@@ -163,8 +164,8 @@ def test_bad_input():
         ("NodePublishVolume", dict(good, target_path=KUB), "outside"),
         ("NodePublishVolume", dict(good, target_path=KUB + "/pods/../../outside/m"), ".."),
         ("NodePublishVolume", dict(good, target_path=KUB + "/evil/mount"), "outside"),
-        ("NodePublishVolume", dict(good, target_path=tgt, staging_target_path=""),
-         "staging_target_path is required"),
+        ("NodePublishVolume", dict(good, target_path=tgt, staging_target_path="globalmount"),
+         "absolute"),
         ("NodePublishVolume", dict(good, target_path=tgt, volume_context=ctx("demo", DEMO, "../data2")),
          "escapes the volume"),
         ("NodePublishVolume", dict(good, target_path=tgt, volume_context=ctx("demo", DEMO, "sub/../../x")),
@@ -180,6 +181,26 @@ def test_bad_input():
         ("NodeUnpublishVolume", dict(volume_id=vol, target_path=KUB + "/evil/mount"), "outside"),
         ("NodeGetVolumeStats", dict(volume_id=vol, volume_path=""), "volume_path is required"),
         ("NodeGetVolumeStats", dict(volume_id=vol, volume_path="/"), "outside"),
+        # the spec says volume_path MUST be absolute: an invalid field, not NOT_FOUND
+        ("NodeGetVolumeStats", dict(volume_id=vol, volume_path="some/path"), "absolute"),
+        # access_mode is REQUIRED in a volume capability
+        ("NodeStageVolume", dict(good, volume_capability={"mount": {}}), "access_mode is required"),
+        ("NodePublishVolume", dict(good, target_path=tgt, volume_capability={"mount": {}}),
+         "access_mode is required"),
+        ("NodePublishVolume", dict(good, target_path=tgt, volume_capability={
+            "mount": {}, "access_mode": {"mode": "UNKNOWN"}}), "access_mode mode is required"),
+        # protobuf-c cuts strings at a NUL: "ab\0cd" must not be staged as "ab"
+        ("NodeStageVolume", dict(good, volume_id="ab\0cd"), "volume_id contains a NUL byte"),
+        ("NodeUnstageVolume", dict(volume_id=vol + "\0x", staging_target_path=staging(vol)),
+         "volume_id contains a NUL byte"),
+        ("NodePublishVolume", dict(good, target_path=tgt + "\0/../../x"),
+         "target_path contains a NUL byte"),
+        ("NodePublishVolume", dict(good, target_path=tgt, volume_context=ctx("demo", DEMO + "\0x")),
+         "volume_context.value contains a NUL byte"),
+        ("NodeUnpublishVolume", dict(volume_id="ab\0cd", target_path=tgt), "NUL byte"),
+        ("NodeGetVolumeStats", dict(volume_id=vol, volume_path=tgt + "\0x"), "NUL byte"),
+        ("NodeStageVolume", dict(good, staging_target_path=staging(vol) + "\nx"),
+         "control character"),
     ]
     before = mounts()
     for method, fields, msg in cases:
@@ -188,6 +209,11 @@ def test_bad_input():
             expect(IA, C.call, method, contains=msg, **fields)
         except AssertionError as e:
             raise AssertionError("%s %s: %s" % (method, fields, e))
+    # We advertise STAGE_UNSTAGE_VOLUME, so a publish without staging_target_path
+    # is FAILED_PRECONDITION (the spec's "Staging target path not set").
+    expect(CODE.FAILED_PRECONDITION, C.call, "NodePublishVolume",
+           contains="staging_target_path is required",
+           **dict(good, target_path=tgt, staging_target_path=""))
     check(mounts() == before, "a rejected call changed the mount table")
     check(not os.path.exists(T + "/outside/mount") and not os.listdir(T + "/outside"),
           "a rejected call created something outside the kubelet root")
@@ -197,7 +223,8 @@ def test_bad_input():
         expect(IA, C.raw, "/csi.v1.Node/NodePublishVolume", junk, contains="malformed")
     expect(CODE.UNIMPLEMENTED, C.raw, "/csi.v1.Controller/CreateVolume", b"")
     check(C.call("Probe").ready.value, "plugin died on bad input")
-    ok("%d invalid requests rejected with INVALID_ARGUMENT; malformed bytes survived" % len(cases))
+    ok("%d invalid requests rejected with INVALID_ARGUMENT, publish without staging path "
+       "FAILED_PRECONDITION; malformed bytes survived" % len(cases))
 
 
 # ---- the lifecycle ----------------------------------------------------------
@@ -242,6 +269,10 @@ def lifecycle(vol, name, fluid, src_dir, ours):
         except OSError as e:
             check(e.errno == errno.EROFS, "write gave %s, not EROFS" % e)
     expect(CODE.ALREADY_EXISTS, publish, vol, name, fluid, rw, readonly=True)
+    # Another volume id on the same fluid_path would make an identical bind.
+    expect(CODE.ALREADY_EXISTS, publish, vol + "-other", name, fluid, rw,
+           contains="already holds volume " + vol)
+    check(len(at(rw)) == 1, "a refused publish changed the target: %s" % at(rw))
     ok("%s: publish read-only (flag and reader-only mode): EROFS; conflicting republish refused" % vol)
 
     if not ours:
@@ -271,6 +302,9 @@ def lifecycle(vol, name, fluid, src_dir, ours):
     check(not r.volume_condition.abnormal, "condition abnormal: %s" % r.volume_condition.message)
     expect(CODE.NOT_FOUND, C.call, "NodeGetVolumeStats", volume_id=vol,
            volume_path=target("pod-none", vol))
+    # A published path of this volume asked about with another id: NOT_FOUND.
+    expect(CODE.NOT_FOUND, C.call, "NodeGetVolumeStats", volume_id=vol + "-other",
+           volume_path=rw, contains="is not published at")
     ok("%s: NodeGetVolumeStats matches statvfs, condition normal" % vol)
 
     unpublish(vol, rw)
@@ -325,19 +359,19 @@ def test_concurrency():
     expect(CODE.ABORTED, publish, vol, "ghost", fluid, t2, contains="in progress")
     expect(CODE.ABORTED, unpublish, "other-volume", t1, contains="in progress")
     expect(CODE.ABORTED, unstage, vol, contains="in progress")
+    # Another volume id on the same fluid_path shares its proxy: it waits its turn.
+    expect(CODE.ABORTED, stage, vol + "-2", "ghost", fluid, contains="operation on fluid_path")
     th.join()
     check(res.get("slow") and res["slow"].code == CODE.FAILED_PRECONDITION, "slow publish %s" % res)
     expect(CODE.FAILED_PRECONDITION, stage, vol, "ghost", fluid, contains="no dataset config")
     unpublish(vol, t1)
-    ok("concurrent calls on one volume or target: ABORTED; missing config: FAILED_PRECONDITION")
+    ok("concurrent calls on one volume, target or fluid_path: ABORTED; "
+       "missing config: FAILED_PRECONDITION")
 
 
 def ctl_dir(point):
     """<state_dir>/<XXH3 of the mount path> as lazarusfs names it."""
-    lib = ctypes.CDLL("libxxhash.so.0")
-    lib.XXH3_64bits.restype = ctypes.c_uint64
-    lib.XXH3_64bits.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-    return "%s/state/%016x" % (T, lib.XXH3_64bits(point.encode(), len(point.encode())))
+    return "%s/state/%016x" % (T, xxh3(point))
 
 
 def test_condition():
@@ -375,6 +409,104 @@ def test_condition():
     unpublish(vol, tgt)
     unstage(vol)
     ok("volume condition follows the lazarusfs control socket (running/recovering/failed)")
+
+
+def record(vol):
+    """The plugin's record of a staged volume, <state_dir>/csi/<XXH3 of the id>.vol."""
+    return "%s/state/csi/%016x.vol" % (T, xxh3(vol))
+
+
+def xxh3(s):
+    lib = ctypes.CDLL("libxxhash.so.0")
+    lib.XXH3_64bits.restype = ctypes.c_uint64
+    lib.XXH3_64bits.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+    return lib.XXH3_64bits(s.encode(), len(s.encode()))
+
+
+def lazarusfs_at(point):
+    """lazarusfs processes whose command line names point."""
+    res = []
+    for p in our_pids("lazarusfs"):
+        try:
+            with open("/proc/%d/cmdline" % p, "rb") as f:
+                if point.encode() + b"\0" in f.read():
+                    res.append(p)
+        except OSError:
+            pass
+    return res
+
+
+def gone(fn, what, timeout=10):
+    for _ in range(timeout * 10):
+        if not fn():
+            return
+        time.sleep(0.1)
+    raise AssertionError("%s still there: %s" % (what, fn()))
+
+
+class FreshPlugin:
+    """A second lazarusfs-csi with the flags of the first on its own socket:
+    what a restarted plugin sees (nothing in memory, the state dir on disk)."""
+
+    def __enter__(self):
+        with open("/proc/%s/cmdline" % os.environ["SHIM_PID"], "rb") as f:
+            args = [a.decode() for a in f.read().split(b"\0") if a]
+        sock = T + "/csi-fresh.sock"
+        args[args.index("--endpoint") + 1] = "unix://" + sock
+        self.log = open(T + "/shim-fresh.log", "w")
+        self.proc = subprocess.Popen(args, stderr=self.log)
+        for _ in range(100):
+            if os.path.exists(sock):
+                break
+            time.sleep(0.05)
+        return Client(SRC + "/src/csi-shim/csi.proto", sock)
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.log.close()
+
+
+def test_shared_fluid_path():
+    """Two volume ids on one fluid_path (two PVs of one dataset), OnDemand: the
+    proxy and the records go with the last user, also across a restart."""
+    v1, v2 = "default-lazy", "default-lazy-2"
+    t1, t2 = target("pod-share1", v1), target("pod-share2", v2)
+    stage(v1, "lazy", LAZY)
+    stage(v2, "lazy", LAZY)
+    m = at(LAZY)
+    check(len(m) == 1 and m[0]["fstype"] == "fuse.lazarusfs", "not one lazarusfs: %s" % m)
+    publish(v1, "lazy", LAZY, t1)
+    publish(v2, "lazy", LAZY, t2)
+    # kubelet's order: unpublish 1, unstage 1 while 2 is still bound, ...
+    unpublish(v1, t1)
+    unstage(v1)
+    check(at(LAZY) == m and lazarusfs_at(LAZY), "unstage of %s took the proxy from %s" % (v1, v2))
+    check(os.path.exists(record(v1)) and "unstaged=1" in open(record(v1)).read(),
+          "the record of %s went before the last user" % v1)
+    check(os.listdir(t2), "%s lost its data" % v2)
+    unstage(v1)	# kubelet may repeat it
+    check(at(LAZY) == m, "a repeated unstage took the proxy")
+    # ... unpublish 2, unstage 2, by a restarted plugin.
+    with FreshPlugin() as c2:
+        c2.call("NodeUnpublishVolume", volume_id=v2, target_path=t2)
+        check(at(LAZY) == m, "unpublish took the proxy")
+        c2.call("NodeUnstageVolume", volume_id=v2, staging_target_path=staging(v2))
+    check(not at(LAZY), "the last unstage left lazarusfs mounted: %s" % at(LAZY))
+    gone(lambda: lazarusfs_at(LAZY), "lazarusfs process")
+    check(not os.path.exists(record(v1)) and not os.path.exists(record(v2)),
+          "records left: %s" % os.listdir(T + "/state/csi"))
+    ok("two volume ids on one fluid_path: unstage of the first keeps proxy and record while "
+       "the second is bound; the last unstage (after a restart) removes both")
+    # A staged volume is a user even without a bind mount.
+    stage(v1, "lazy", LAZY)
+    stage(v2, "lazy", LAZY)
+    unstage(v1)
+    check(at(LAZY), "unstage of %s took the proxy from staged %s" % (v1, v2))
+    unstage(v2)
+    check(not at(LAZY), "lazarusfs left mounted")
+    check(not os.listdir(T + "/state/csi"), "records left: %s" % os.listdir(T + "/state/csi"))
+    ok("a volume staged without a bind keeps the shared proxy")
 
 
 def kill_wait(pids):
@@ -453,6 +585,7 @@ def main():
     if not os.access(lazarusfs, os.X_OK):
         raise AssertionError("%s is missing: the lazarusfs part cannot run" % lazarusfs)
     lifecycle("default-lazy", "lazy", LAZY, T + "/data2", ours=True)
+    test_shared_fluid_path()
     stale("default-lazy", "lazy", LAZY, lambda: our_pids("lazarusfs") + our_pids("bindfs"), True)
 
 

@@ -19,7 +19,7 @@
 #include <cmocka.h>
 
 #include "csi.pb-c.h"
-#include "src/csi-shim/csi.h"
+#include "src/csi-shim/csi_int.h"
 
 static char tmp[64];
 static char mnt[128], kub[128];
@@ -162,7 +162,8 @@ struct kv {
 	const char *k, *v;
 };
 
-/* Packs a publish request; NULL strings are left unset. */
+/* Packs a publish request; NULL strings are left unset, and so is access_mode
+ * when mode is negative. */
 static size_t pack_publish(uint8_t *buf, const char *vol, const char *staging,
 			   const char *target, const struct kv *ctx, size_t nctx, int access,
 			   int mode, bool readonly)
@@ -193,7 +194,8 @@ static size_t pack_publish(uint8_t *buf, const char *vol, const char *staging,
 		else
 			cap.block = &bv;
 		am.mode = mode;
-		cap.access_mode = &am;
+		if (mode >= 0)
+			cap.access_mode = &am;
 		q.volume_capability = &cap;
 	}
 	q.readonly = readonly;
@@ -238,14 +240,19 @@ static enum csi_code parse_pub(const struct pub *p, struct csi_req *r, struct cs
 	return st->code;
 }
 
-static void expect_invalid(const struct pub *p, const char *msg)
+static void expect_status(const struct pub *p, enum csi_code code, const char *msg)
 {
 	struct csi_status st;
 	struct csi_req r;
 
-	assert_int_equal(parse_pub(p, &r, &st), CSI_INVALID_ARGUMENT);
+	assert_int_equal(parse_pub(p, &r, &st), code);
 	if (!strstr(st.msg, msg))
 		fail_msg("message '%s' lacks '%s'", st.msg, msg);
+}
+
+static void expect_invalid(const struct pub *p, const char *msg)
+{
+	expect_status(p, CSI_INVALID_ARGUMENT, msg);
 }
 
 static void test_publish_valid(void **state)
@@ -305,9 +312,13 @@ static void test_publish_invalid(void **state)
 	defaults(&p);
 	p.vol = "bad\nid";
 	expect_invalid(&p, "control character");
+	/* We advertise STAGE_UNSTAGE_VOLUME: the spec asks for FAILED_PRECONDITION. */
 	defaults(&p);
 	p.staging = NULL;
-	expect_invalid(&p, "staging_target_path is required");
+	expect_status(&p, CSI_FAILED_PRECONDITION, "staging_target_path is required");
+	defaults(&p);
+	p.staging = "plugins/x";	/* a bad one is still invalid */
+	expect_invalid(&p, "staging_target_path must be an absolute path");
 	defaults(&p);
 	p.target = NULL;
 	expect_invalid(&p, "target_path is required");
@@ -347,6 +358,134 @@ static void test_publish_invalid(void **state)
 	defaults(&p);
 	p.access = CSI__V1__VOLUME_CAPABILITY__ACCESS_TYPE_BLOCK;
 	expect_invalid(&p, "block volumes are not supported");
+	/* access_mode is required, and a mode of UNKNOWN says nothing */
+	defaults(&p);
+	p.mode = -1;
+	expect_invalid(&p, "volume_capability access_mode is required");
+	defaults(&p);
+	p.mode = CSI__V1__VOLUME_CAPABILITY__ACCESS_MODE__MODE__UNKNOWN;
+	expect_invalid(&p, "volume_capability access_mode mode is required");
+	/* control characters would end up in log lines and line-based records */
+	defaults(&p);
+	snprintf(path, sizeof(path), "%s/pods/a\nstarted=1/mount", kub);
+	p.target = path;
+	expect_invalid(&p, "target_path contains a control character");
+	defaults(&p);
+	snprintf(path, sizeof(path), "%s/juicefs/x\ny", mnt);
+	p.ctx[0].v = path;
+	expect_invalid(&p, "fluid_path contains a control character");
+	defaults(&p);
+	p.ctx[1] = (struct kv){ "fluid_sub_path", "a\tb" };
+	p.nctx = 2;
+	expect_invalid(&p, "fluid_sub_path contains a control character");
+}
+
+/* Appends field number num with wire type 2 and n bytes of data (n < 128). */
+static size_t put_field(uint8_t *buf, size_t len, unsigned num, const void *data, size_t n)
+{
+	assert_true(n < 128);
+	buf[len++] = (uint8_t)(num << 3 | 2);
+	buf[len++] = (uint8_t)n;
+	memcpy(buf + len, data, n);
+	return len + n;
+}
+
+/* Parses a publish of defaults() with extra raw fields appended (in proto3
+ * a repeated scalar field overrides, and map entries add up). */
+static enum csi_code parse_pub_plus(const uint8_t *extra, size_t n, struct csi_status *st)
+{
+	uint8_t buf[4096];
+	struct csi_req r;
+	struct pub p;
+	size_t len;
+
+	defaults(&p);
+	len = pack_publish(buf, p.vol, p.staging, p.target, p.ctx, p.nctx, p.access, p.mode,
+			   p.readonly);
+	memcpy(buf + len, extra, n);
+	st->code = CSI_OK;
+	if (csi_req_parse(&csi, "/csi.v1.Node/NodePublishVolume", buf, len + n, &r, st))
+		csi_req_free(&r);
+	return st->code;
+}
+
+static void expect_nul(const uint8_t *extra, size_t n, const char *field)
+{
+	struct csi_status st;
+	char want[128];
+
+	assert_int_equal(parse_pub_plus(extra, n, &st), CSI_INVALID_ARGUMENT);
+	snprintf(want, sizeof(want), "%s contains a NUL byte", field);
+	assert_string_equal(st.msg, want);
+}
+
+/* protobuf-c cuts a decoded string at its first NUL: "ab\0cd" must be rejected,
+ * not served as "ab". */
+static void test_nul_bytes(void **state)
+{
+	static const char vol[] = "ab\0cd", key[] = "fluid_path\0x", fs[] = "ext\0004";
+	uint8_t extra[512], entry[256], mount[64];
+	char path[256];
+	size_t n, e, m;
+	struct csi_status st;
+	struct csi_req r;
+
+	n = put_field(extra, 0, 1, vol, sizeof(vol) - 1);	/* volume_id */
+	expect_nul(extra, n, "volume_id");
+	n = snprintf(path, sizeof(path), "%s/pods/x", kub);
+	path[n++] = '\0';
+	n += snprintf(path + n, sizeof(path) - n, "/../../../etc");
+	expect_nul(extra, put_field(extra, 0, 4, path, n), "target_path");
+	expect_nul(extra, put_field(extra, 0, 3, path, n), "staging_target_path");
+	/* a map key "fluid_path\0x" must not match "fluid_path", nor a value pass */
+	e = put_field(entry, 0, 1, key, sizeof(key) - 1);
+	e = put_field(entry, e, 2, "/etc", 4);
+	expect_nul(extra, put_field(extra, 0, 8, entry, e), "volume_context.key");
+	e = put_field(entry, 0, 1, "fluid_path", 10);
+	e = put_field(entry, e, 2, path, n);
+	expect_nul(extra, put_field(extra, 0, 8, entry, e), "volume_context.value");
+	/* nested: volume_capability.mount.fs_type */
+	m = put_field(mount, 0, 1, fs, sizeof(fs) - 1);
+	e = put_field(entry, 0, 2, mount, m);
+	expect_nul(extra, put_field(extra, 0, 5, entry, e), "volume_capability.mount.fs_type");
+	/* secrets are never read, and a secret may hold any byte */
+	e = put_field(entry, 0, 1, "key", 3);
+	e = put_field(entry, e, 2, vol, sizeof(vol) - 1);
+	assert_int_equal(parse_pub_plus(extra, put_field(extra, 0, 7, entry, e), &st), CSI_OK);
+	/* the same on another request: unstage "ab\0cd" is not unstage "ab" */
+	n = put_field(extra, 0, 1, vol, sizeof(vol) - 1);
+	n = put_field(extra, n, 2, path, strlen(path));
+	assert_false(csi_req_parse(&csi, "/csi.v1.Node/NodeUnstageVolume", extra, n, &r, &st));
+	assert_int_equal(st.code, CSI_INVALID_ARGUMENT);
+	assert_string_equal(st.msg, "volume_id contains a NUL byte");
+	n = put_field(extra, 0, 1, "ab", 2);
+	n = put_field(extra, n, 2, path, strlen(path));
+	assert_true(csi_req_parse(&csi, "/csi.v1.Node/NodeUnstageVolume", extra, n, &r, &st));
+	csi_req_free(&r);
+}
+
+/* NodeGetVolumeStats: the spec says volume_path MUST be absolute, so a
+ * relative one is an invalid field (see lazarusfs-csi(8)), like everywhere. */
+static void test_stats_request(void **state)
+{
+	uint8_t buf[512];
+	char path[256];
+	struct csi_status st;
+	struct csi_req r;
+	size_t n;
+
+	n = put_field(buf, 0, 1, "default-demo", 12);
+	n = put_field(buf, n, 2, "some/path", 9);
+	assert_false(csi_req_parse(&csi, "/csi.v1.Node/NodeGetVolumeStats", buf, n, &r, &st));
+	assert_int_equal(st.code, CSI_INVALID_ARGUMENT);
+	assert_non_null(strstr(st.msg, "volume_path must be an absolute path"));
+	snprintf(path, sizeof(path), "%s/pods/uid/volumes/v/mount", kub);
+	n = put_field(buf, 0, 1, "default-demo", 12);
+	n = put_field(buf, n, 2, path, strlen(path));
+	assert_true(csi_req_parse(&csi, "/csi.v1.Node/NodeGetVolumeStats", buf, n, &r, &st));
+	assert_string_equal(r.volume_id, "default-demo");
+	assert_string_equal(r.target, path);
+	csi_req_free(&r);
 }
 
 static void test_stage_names(void **state)
@@ -354,6 +493,7 @@ static void test_stage_names(void **state)
 	Csi__V1__NodeStageVolumeRequest q = CSI__V1__NODE_STAGE_VOLUME_REQUEST__INIT;
 	Csi__V1__VolumeCapability cap = CSI__V1__VOLUME_CAPABILITY__INIT;
 	Csi__V1__VolumeCapability__MountVolume mv = CSI__V1__VOLUME_CAPABILITY__MOUNT_VOLUME__INIT;
+	Csi__V1__VolumeCapability__AccessMode am = CSI__V1__VOLUME_CAPABILITY__ACCESS_MODE__INIT;
 	Csi__V1__NodeStageVolumeRequest__VolumeContextEntry e[3], *ep[3];
 	const char *names[][2] = { { "default", "demo" }, { "default", "../../etc" },
 				   { "Default", "demo" }, { "", "demo" } };
@@ -367,6 +507,8 @@ static void test_stage_names(void **state)
 	snprintf(fluid, sizeof(fluid), "%s/x/y", mnt);
 	cap.access_type_case = CSI__V1__VOLUME_CAPABILITY__ACCESS_TYPE_MOUNT;
 	cap.mount = &mv;
+	am.mode = CSI__V1__VOLUME_CAPABILITY__ACCESS_MODE__MODE__SINGLE_NODE_WRITER;
+	cap.access_mode = &am;
 	q.volume_id = "v";
 	q.staging_target_path = staging;
 	q.volume_capability = &cap;
@@ -394,6 +536,14 @@ static void test_stage_names(void **state)
 			assert_int_equal(st.code, CSI_INVALID_ARGUMENT);
 		}
 	}
+	/* stage needs access_mode as publish does */
+	e[1].value = "default";
+	e[2].value = "demo";
+	cap.access_mode = NULL;
+	n = protobuf_c_message_pack(&q.base, buf);
+	assert_false(csi_req_parse(&csi, "/csi.v1.Node/NodeStageVolume", buf, n, &r, &st));
+	assert_int_equal(st.code, CSI_INVALID_ARGUMENT);
+	assert_string_equal(st.msg, "volume_capability access_mode is required");
 }
 
 static void test_decode_errors(void **state)
@@ -585,6 +735,90 @@ static void test_ctl_status(void **state)
 	assert_string_equal(err, "engine exited with status 1");
 }
 
+/* The records under <state_dir>/csi that unstage and stats rely on. */
+static void test_records(void **state)
+{
+	struct csi rc = csi;
+	struct csi_vol vs, *v;
+	char dir[256], path[PATH_MAX], owner[CSI_MAX_ID + 1];
+	size_t n;
+
+	snprintf(dir, sizeof(dir), "%s/state", tmp);
+	rc.cfg.state_dir = dir;
+	assert_int_equal(csi_vol_list(&rc, "/mnt/a", &v, &n), 0);	/* no directory yet */
+	assert_int_equal(n, 0);
+	memset(&vs, 0, sizeof(vs));
+	strcpy(vs.fluid_path, "/mnt/a");
+	strcpy(vs.label, "fluid.io/f-default-a");
+	vs.started = true;
+	assert_int_equal(csi_vol_save(&rc, "v1", &vs), 0);
+	vs.started = false;
+	vs.unstaged = true;
+	assert_int_equal(csi_vol_save(&rc, "v2", &vs), 0);
+	strcpy(vs.fluid_path, "/mnt/b");
+	assert_int_equal(csi_vol_save(&rc, "v3", &vs), 0);
+	assert_int_equal(csi_vol_load(&rc, "v1", &vs), 0);
+	assert_string_equal(vs.volume_id, "v1");
+	assert_string_equal(vs.fluid_path, "/mnt/a");
+	assert_string_equal(vs.label, "fluid.io/f-default-a");
+	assert_true(vs.started);
+	assert_false(vs.unstaged);
+	assert_int_equal(csi_vol_list(&rc, "/mnt/a", &v, &n), 0);
+	assert_int_equal(n, 2);
+	assert_true((!strcmp(v[0].volume_id, "v1") && !strcmp(v[1].volume_id, "v2") &&
+		     !v[0].unstaged && v[1].unstaged) ||
+		    (!strcmp(v[0].volume_id, "v2") && !strcmp(v[1].volume_id, "v1") &&
+		     v[0].unstaged && !v[1].unstaged));
+	free(v);
+	/* a record from before "unstaged" existed; one for another id under v4's
+	 * name (a hash collision), which neither loads nor counts; a damaged one */
+	csi_vol_path(&rc, "old", path);
+	write_file(path, "volume_id=old\nfluid_path=/mnt/a\nlabel=\nstarted=1\n");
+	assert_int_equal(csi_vol_load(&rc, "old", &vs), 0);
+	assert_true(vs.started && !vs.unstaged && !vs.label[0]);
+	csi_vol_path(&rc, "v4", path);
+	write_file(path, "volume_id=v5\nfluid_path=/mnt/a\n");
+	assert_int_equal(csi_vol_load(&rc, "v4", &vs), -ENOENT);
+	csi_vol_path(&rc, "v6", path);
+	write_file(path, "volume_id=v6\n");
+	assert_int_equal(csi_vol_load(&rc, "v6", &vs), -EINVAL);
+	assert_int_equal(csi_vol_load(&rc, "none", &vs), -ENOENT);
+	assert_int_equal(csi_vol_list(&rc, "/mnt/a", &v, &n), 0);
+	assert_int_equal(n, 3);	/* v1, v2 and old */
+	free(v);
+	assert_int_equal(csi_vol_remove(&rc, "v1"), 0);
+	assert_int_equal(csi_vol_remove(&rc, "v1"), 0);
+	assert_int_equal(csi_vol_load(&rc, "v1", &vs), -ENOENT);
+
+	assert_int_equal(csi_pub_load(&rc, "/k/pods/t", owner), -ENOENT);
+	assert_int_equal(csi_pub_save(&rc, "/k/pods/t", "v2"), 0);
+	assert_int_equal(csi_pub_load(&rc, "/k/pods/t", owner), 0);
+	assert_string_equal(owner, "v2");
+	assert_int_equal(csi_pub_load(&rc, "/k/pods/u", owner), -ENOENT);
+	assert_int_equal(csi_pub_remove(&rc, "/k/pods/t"), 0);
+	assert_int_equal(csi_pub_load(&rc, "/k/pods/t", owner), -ENOENT);
+}
+
+/* Canonical forms: the last component is never resolved, missing ancestors
+ * are kept as they are, symlinks of existing ones are resolved. */
+static void test_canonical(void **state)
+{
+	char p[256], out[PATH_MAX], want[PATH_MAX];
+
+	snprintf(p, sizeof(p), "%s/fine/a/b/mount", kub);	/* fine -> pods */
+	assert_int_equal(csi_path_canonical(p, csi.kubelet_root, out), 0);
+	snprintf(want, sizeof(want), "%s/pods/a/b/mount", csi.kubelet_root);
+	assert_string_equal(out, want);
+	snprintf(p, sizeof(p), "%s/fine", kub);	/* the last component stays */
+	assert_int_equal(csi_path_canonical(p, csi.kubelet_root, out), 0);
+	snprintf(want, sizeof(want), "%s/fine", csi.kubelet_root);
+	assert_string_equal(out, want);
+	snprintf(p, sizeof(p), "%s/evil/x/mount", kub);	/* evil -> outside */
+	assert_int_equal(csi_path_canonical(p, csi.kubelet_root, out), -EXDEV);
+	assert_int_equal(csi_path_canonical("/x", "/", out), 0);
+	assert_string_equal(out, "/x");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -595,12 +829,16 @@ int main(void)
 		cmocka_unit_test(test_publish_valid),
 		cmocka_unit_test(test_publish_invalid),
 		cmocka_unit_test(test_stage_names),
+		cmocka_unit_test(test_nul_bytes),
+		cmocka_unit_test(test_stats_request),
 		cmocka_unit_test(test_decode_errors),
 		cmocka_unit_test(test_handle_identity),
 		cmocka_unit_test(test_mount_parse),
 		cmocka_unit_test(test_dataset),
 		cmocka_unit_test(test_label_key),
 		cmocka_unit_test(test_ctl_status),
+		cmocka_unit_test(test_records),
+		cmocka_unit_test(test_canonical),
 	};
 
 	return cmocka_run_group_tests(tests, setup, teardown);
