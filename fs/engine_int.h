@@ -11,7 +11,6 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <sys/types.h>
-#include <time.h>
 
 #include "fs/engine.h"
 
@@ -85,10 +84,7 @@ struct fs_engine {
 
 static inline double fs_engine_now(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec / 1e9;
+	return fs_now();
 }
 
 /* ---- engine.c */

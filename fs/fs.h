@@ -15,8 +15,9 @@
  *   inodes    struct fs_inode_table: FUSE node ids -> (parent, name); the
  *             backend identity of every inode is its path, re-resolved after
  *             an engine restart.  Internally locked.
- *   journal   struct fs_journal: per-handle log of writes since the last
- *             successful flush/fsync.  Not locked; the owner serialises.
+ *   journal   struct fs_journal: per-file log of the changes acknowledged
+ *             since they were last made durable.  Not locked; the owner
+ *             (struct fs_file, fs/handle.h) serialises.
  *   mount     struct fs: one mounted proxy (fs_new/fs_run/fs_free).
  *   control   fs_ctl_*: the root-only unix socket behind lazarusctl.
  *   mounts    fs_mountinfo_*: the one parser of /proc/self/mountinfo.
@@ -68,6 +69,8 @@ enum fs_engine_profile {
 	FS_PROFILE_BINDFS,
 };
 
+enum fs_journal_mode { FS_JOURNAL_AUTO, FS_JOURNAL_ON, FS_JOURNAL_OFF };
+
 struct fs_opts {
 	char *source;           /* SOURCE as given (may hold a secret) */
 	char *mountpoint;       /* canonical absolute path */
@@ -83,8 +86,10 @@ struct fs_opts {
 	double attr_timeout;
 	double entry_timeout;
 	double negative_timeout;
-	size_t journal_mem;     /* bytes of journal kept in memory per handle */
-	size_t journal_max;     /* bytes per handle before a checkpoint fsync */
+	enum fs_journal_mode journal;   /* see fs_opts_journals() */
+	size_t journal_mem;     /* obsolete, parsed and ignored */
+	size_t journal_max;     /* unretired bytes per file before an fsync */
+	double journal_age;     /* seconds an unretired change may wait */
 	struct cache_config cache; /* tiered block cache (cache/cache.h); no
 				    * tier configured = no cache */
 	bool foreground;
@@ -106,6 +111,12 @@ int fs_opts_parse(struct fs_opts *o, int argc, char **argv,
 void fs_opts_init(struct fs_opts *o);
 void fs_opts_release(struct fs_opts *o);
 const char *fs_profile_name(enum fs_engine_profile p);
+/*
+ * Are acknowledged changes journaled?  journal=auto journals for every
+ * profile but bindfs, which writes through to a local file system before
+ * it answers and so loses nothing acknowledged when it dies.
+ */
+bool fs_opts_journals(const struct fs_opts *o);
 int fs_profile_parse(const char *name, enum fs_engine_profile *out);
 void fs_usage(const char *prog);
 
@@ -239,34 +250,58 @@ bool fs_is_silly_name(const char *name);
 /* -------------------------------------------------------------- journal */
 
 /*
- * Write journal of one handle: every write acknowledged to the application
- * since the last successful flush/fsync, in order, so that it can be
- * replayed after the engine lost it.  Data lives in memory up to
- * `mem_limit` bytes and spills to an unlinked file in `spill_dir` beyond.
- * Entries carry a sequence number so that a flush drops exactly the writes
- * it covered even when more arrive meanwhile.
+ * Write journal of one file (fs/journal.c): every change lazarusfs
+ * acknowledged to the application (write, truncate, fallocate), through
+ * any descriptor, in the order the engine applied it, until a flush or
+ * fsync made it durable; replayed in that order after the engine lost it.
+ * Each entry carries a tag (the handle it came through) and a sequence
+ * number, so a sync retires exactly what was acknowledged before it began.
+ * Entries are kept in a log file in `spill_dir` that describes the whole
+ * journal (fs_journal_load).
  *
- * Not thread safe: the owner (a handle) serialises calls.
+ * Not thread safe: the owner (struct fs_file) serialises calls.
  */
 struct fs_journal;
 
-struct fs_journal *fs_journal_new(const char *spill_dir, size_t mem_limit);
+/* NULL when out of memory.  Without spill_dir every append is -ENOSPC. */
+struct fs_journal *fs_journal_new(const char *spill_dir);
 void fs_journal_free(struct fs_journal *j);
-/* Record a write or a truncate.  -errno when the spill file fails. */
-int fs_journal_write(struct fs_journal *j, const void *buf, size_t len,
-		     off_t off);
-int fs_journal_truncate(struct fs_journal *j, off_t size);
-/* Sequence number of the newest entry (0 when empty and never used). */
+/* Record a change; 0 or -errno (the log file failed: nothing recorded). */
+int fs_journal_write(struct fs_journal *j, uint64_t tag, const void *buf,
+		     size_t len, off_t off);
+int fs_journal_truncate(struct fs_journal *j, uint64_t tag, off_t size);
+int fs_journal_fallocate(struct fs_journal *j, uint64_t tag, int mode,
+			 off_t off, off_t len);
+/* Sequence number of the newest entry (0 when never used). */
 uint64_t fs_journal_seq(const struct fs_journal *j);
-/* Drop every entry with seq <= upto. */
-void fs_journal_drop(struct fs_journal *j, uint64_t upto);
-size_t fs_journal_bytes(const struct fs_journal *j);
-size_t fs_journal_entries(const struct fs_journal *j);
 /*
- * Re-apply all entries in order to `fd` (pwrite / ftruncate).  Stops at the
- * first failure and returns its -errno.
+ * Everything up to seq `upto` (of tag `tag` only, unless it is 0) is
+ * durable.  Entries are dropped once they and every older entry are
+ * durable; until then a replay re-applies them to keep the order.
+ */
+void fs_journal_retire(struct fs_journal *j, uint64_t upto, uint64_t tag);
+/* Live entries (not yet dropped) and the data bytes they hold. */
+size_t fs_journal_entries(const struct fs_journal *j);
+size_t fs_journal_bytes(const struct fs_journal *j);
+/* Does a live entry of `tag` still wait for a sync? */
+bool fs_journal_has_tag(const struct fs_journal *j, uint64_t tag);
+/* Seconds since the oldest live entry was recorded (0 when empty). */
+double fs_journal_age(const struct fs_journal *j);
+/* The file's size as the journal knows it: the largest size seen with
+ * fs_journal_set_size(), then moved by the changes recorded. */
+void fs_journal_set_size(struct fs_journal *j, off_t size);
+off_t fs_journal_size(const struct fs_journal *j);
+/*
+ * Re-apply every live entry in order to `fd` (pwrite, ftruncate,
+ * fallocate).  Idempotent: after a failure it can simply run again.
+ * Returns 0 or the first failure's -errno.
  */
 int fs_journal_replay(struct fs_journal *j, int fd);
+/* Rebuild an empty journal from a log file written by another one (which
+ * owns it no more); the journal takes over `fd`.  -EINVAL: not a journal. */
+int fs_journal_load(struct fs_journal *j, int fd);
+/* The log file, or -1 before the first entry. */
+int fs_journal_fd(const struct fs_journal *j);
 
 /* ----------------------------------------------------------------- I/O */
 
@@ -274,6 +309,8 @@ int fs_journal_replay(struct fs_journal *j, int fd);
 ssize_t fs_pread_all(int fd, void *buf, size_t len, off_t off);
 /* pwrite all of `len` bytes: 0 or -errno (-EIO if the file takes none). */
 int fs_pwrite_all(int fd, const void *buf, size_t len, off_t off);
+/* Seconds on the monotonic clock. */
+double fs_now(void);
 
 /* --------------------------------------------------------------- mounts */
 

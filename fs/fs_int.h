@@ -33,6 +33,7 @@ int fs_ctl_handler(void *arg, const char *cmd, char **reply);
 /* ---------------------------------------------------------------- mount */
 
 struct fs_prom;
+struct fs_checkpointer;
 
 struct fs {
 	/* immutable while requests run */
@@ -47,6 +48,7 @@ struct fs {
 	struct fuse_session *se;
 	struct cache *cache;    /* NULL = no cache configured */
 	struct fs_prom *prom;   /* Prometheus textfile writer, or NULL */
+	struct fs_checkpointer *checkpointer;   /* journal age bound, or NULL */
 
 	pthread_mutex_t root_lock;      /* a leaf */
 	struct stat root_stat;          /* protected by root_lock */

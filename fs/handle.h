@@ -5,15 +5,14 @@
  * A handle is one open file or directory of the application.  Its FUSE fh
  * is a stable index into the handle table, never a pointer.  A file handle
  * keeps one backend fd, valid for one engine generation; when the engine
- * was restarted, the handle is reopened by its inode's current path with
- * the original flags (minus O_CREAT, O_EXCL, O_TRUNC, O_APPEND) and its
- * write journal is replayed before anything else uses the new fd.
+ * was restarted, the journal of its file is replayed and made durable
+ * first, then the handle is reopened by its inode's current path with the
+ * original flags (minus O_CREAT, O_EXCL, O_TRUNC, O_APPEND).
  *
  * Lock order in fs/ (outer to inner):
  *
- *   fs_handle.cflock -> fs_handle.lock -> engine lock ->
- *   fs_handle.jlock, handle table lock, inode table lock, root_lock,
- *   log lock (leaves)
+ *   fs_handle.cflock -> fs_handle.lock -> fs_file.lock -> engine lock ->
+ *   handle table lock, inode table lock, root_lock, log lock (leaves)
  *
  * cache/ takes its own locks under any of these (cache/cache.h).
  *
@@ -26,12 +25,16 @@
  *     entries under it, so that concurrent readdirs of one handle see one
  *     consistent snapshot.
  * That is safe because the supervisor's recovery (fs_recover_handles) takes
- * only the locks of file handles (h->lock for writing, jlock), never
- * cflock, and skips directory handles; the other takers of these locks
- * (release, a rename detaching moved handles, another readdir) are
- * requests, which may wait for a recovery but are never waited for by one.
- * h->lock is never held while waiting: fs_handle_enter() enters the engine
- * first and takes h->lock afterwards.
+ * only the locks of file handles (h->lock for writing) and files
+ * (fs_file.lock), never cflock, and skips directory handles; the other
+ * takers of these locks (release, a rename detaching moved handles,
+ * another readdir) are requests, which may wait for a recovery but are
+ * never waited for by one.  h->lock and fs_file.lock are never held while
+ * waiting: fs_handle_enter() enters the engine first and takes h->lock
+ * afterwards, and fs_file.lock is taken inside it.  fs_file.lock may be
+ * held across a backend call (that is its point: the engine must apply a
+ * file's changes in the order they are journaled); a hung call is ended by
+ * the watchdog, whose kill makes it fail.
  */
 #ifndef LAZARUSFS_HANDLE_H
 #define LAZARUSFS_HANDLE_H
@@ -53,19 +56,40 @@ struct fs_dirent {
 	unsigned char type;
 };
 
+/*
+ * One backend file with open file handles (one node: every name of a hard
+ * linked file).  Its journal holds the changes acknowledged through any of
+ * its handles, or by path, that are not yet durable (fs/journal.c).  The
+ * file lock is held across each journaled change, from the backend call to
+ * the journal record, so that the journal's order is the order the engine
+ * applied them in; and across a replay.
+ */
+struct fs_file {
+	uint64_t ino;           /* immutable */
+	unsigned refs;          /* protected by the handle table lock */
+	struct fs_file *next;   /* protected by the handle table lock */
+	pthread_mutex_t lock;
+	struct fs_journal *journal;     /* protected by lock; NULL: not journaled */
+	uint64_t replayed_gen;  /* protected by lock: generation the journal
+				 * was last replayed onto */
+	bool lost;              /* protected by lock: a replay failed for good */
+};
+
 struct fs_handle {
 	pthread_rwlock_t lock;  /* readers use fd; a writer replaces it */
 	uint64_t ino;           /* immutable once added to the table */
+	uint64_t tag;           /* immutable: unique, names our journal entries */
 	int flags;              /* immutable: open flags as the app gave them */
 	bool dir;               /* immutable */
+	struct fs_file *file;   /* immutable once added (file handles) */
 	int fd;                 /* protected by lock */
 	uint64_t gen;           /* protected by lock: generation fd belongs to */
 	int broken;             /* protected by lock: -EIO once reopen failed */
 	struct fs_dirent *ents; /* protected by lock: directory snapshot */
 	size_t nents;           /* protected by lock */
 	bool listed;            /* protected by lock: snapshot served once */
-	pthread_mutex_t jlock;
-	struct fs_journal *journal;     /* protected by jlock */
+	atomic_bool unflushed;  /* changed through this handle since its last
+				 * successful flush or fsync */
 	unsigned refs;          /* protected by the handle table lock */
 	/*
 	 * Block cache (fs/cache_link.c): users of cf hold cflock for reading;
@@ -88,13 +112,16 @@ struct fs_handle {
  */
 struct fs_handle_table;
 
-int fs_handle_table_new(struct fs_handle_table **out);
+/* File handles get a struct fs_file with a journal spilling to
+ * `spill_dir`, or none when `journal` is false. */
+int fs_handle_table_new(struct fs_handle_table **out, const char *spill_dir,
+			bool journal);
 void fs_handle_table_free(struct fs_handle_table *t);
-/* A new handle with fd -1, generation 0, every lock initialised; file
- * handles get an empty journal spilling to `spill_dir`.  NULL: no memory. */
-struct fs_handle *fs_handle_alloc(uint64_t ino, int flags, bool dir,
-				  const char *spill_dir, size_t journal_mem);
-/* Insert; returns the index or -ENOMEM.  The table owns one reference. */
+/* A new handle with fd -1, generation 0, every lock initialised.  NULL:
+ * no memory. */
+struct fs_handle *fs_handle_alloc(uint64_t ino, int flags, bool dir);
+/* Insert; returns the index or -ENOMEM.  The table owns one reference.
+ * A file handle gets the struct fs_file of h->ino (made on first use). */
 int64_t fs_handle_add(struct fs_handle_table *t, struct fs_handle *h);
 struct fs_handle *fs_handle_get(struct fs_handle_table *t, uint64_t idx);
 void fs_handle_put(struct fs_handle_table *t, struct fs_handle *h);
@@ -107,6 +134,12 @@ size_t fs_handle_all(struct fs_handle_table *t, uint64_t ino,
 void fs_handle_put_all(struct fs_handle_table *t, struct fs_handle **v,
 		       size_t n);
 size_t fs_handle_count(struct fs_handle_table *t);
+/* The file of `ino` if a handle has it open (referenced), else NULL. */
+struct fs_file *fs_file_find(struct fs_handle_table *t, uint64_t ino);
+void fs_file_put(struct fs_handle_table *t, struct fs_file *f);
+/* Referenced snapshot of every file; free with fs_file_put_all(). */
+size_t fs_file_all(struct fs_handle_table *t, struct fs_file ***out);
+void fs_file_put_all(struct fs_handle_table *t, struct fs_file **v, size_t n);
 
 /* --------------------------------------------------------- lifecycle */
 
@@ -133,23 +166,49 @@ int fs_handle_call(struct fs *fs, struct fs_handle *h, fs_handle_fn fn,
 /* Read from the engine through h (short only at EOF): bytes or -errno. */
 ssize_t fs_handle_pread(struct fs *fs, struct fs_handle *h, char *buf,
 			size_t size, off_t off);
-/* Write through h and journal it, checkpointing (fsync) when the journal
- * passed journal_max.  0 or -errno; nothing is partly acknowledged. */
+/*
+ * Write through h and journal it.  When the file's unretired journal
+ * passed journal_max, twice the file's size (plus 1 MiB) or journal_age,
+ * an fsync through h makes it durable first (a checkpoint).  0 or -errno;
+ * nothing is partly acknowledged.
+ */
 int fs_handle_write(struct fs *fs, struct fs_handle *h, const char *buf,
 		    size_t size, off_t off);
+/* ftruncate through h and journal it (for setattr; caller is inside
+ * fs_handle_call, so h->fd is current). */
+int fs_handle_truncate_fd(struct fs *fs, struct fs_handle *h, off_t size);
+/* Truncate `rel` by path (c entered) and journal it in the file of
+ * `ino`, if a handle has it open. */
+int fs_handle_truncate_path(struct fs *fs, const struct fs_call *c,
+			    uint64_t ino, const char *rel, off_t size);
+/* fallocate through h and journal it. */
+int fs_handle_fallocate(struct fs *fs, struct fs_handle *h, int mode,
+			off_t off, off_t len);
 
 enum fs_sync_kind { FS_SYNC_FLUSH, FS_SYNC_FSYNC, FS_SYNC_FDATASYNC };
-/* Flush or fsync the backend; on success the journal up to the start of
- * the call is retired. */
+/*
+ * Flush or fsync the backend.  On success an fsync retires every journal
+ * entry of the file acknowledged before it began, a flush those that came
+ * through h (the engines flush per descriptor; entries of other
+ * descriptors may still be in flight inside them).  A flush of a handle
+ * that never wrote anything does nothing.
+ */
 int fs_handle_sync(struct fs *fs, struct fs_handle *h, enum fs_sync_kind kind);
-/* Does h's journal hold unretired writes? */
-bool fs_handle_dirty(struct fs_handle *h);
-/* Record a truncate to `size` done by path in the journals of every handle
- * open on `ino` that journals writes. */
-void fs_handle_journal_truncate(struct fs *fs, uint64_t ino, off_t size);
+/* Has h changes a flush or fsync has not covered yet? */
+bool fs_handle_dirty(struct fs *fs, struct fs_handle *h);
 
-/* fs_recover_fn for the supervisor: reopen every file handle against `b`.
- * `arg` is the struct fs. */
+/*
+ * The age bound of the journals: a thread that fsyncs every file whose
+ * oldest unretired change is older than journal_age, through one of its
+ * writable handles.  Started after the engine supervisor, stopped before
+ * it.
+ */
+int fs_checkpointer_start(struct fs *fs);
+void fs_checkpointer_stop(struct fs *fs);
+
+/* fs_recover_fn for the supervisor: replay every file's journal onto `b`,
+ * make it durable there (fsync), then reopen every file handle.  `arg` is
+ * the struct fs. */
 int fs_recover_handles(void *arg, struct fs_backend *b);
 
 #endif

@@ -1,5 +1,6 @@
 /*
- * fs/handle_table.c - the open-handle table (fs/handle.h).
+ * fs/handle_table.c - the open-handle table and the files behind the
+ * handles (fs/handle.h).
  *
  * The FUSE fh of a handle is its index in this table, never a pointer, so a
  * stale or forged fh can only miss.  Handles are reference counted: the
@@ -7,16 +8,25 @@
  * recovery pass walking all handles) holds one while it works, so a handle
  * released meanwhile stays valid until the last user puts it.
  *
- * Locking: t->lock protects slots, free list and every handle's refs.  It
- * is a leaf lock.
+ * Files: every file handle holds a reference on the struct fs_file of its
+ * inode, found in a small hash by node id and made on first use, so all
+ * descriptors of one file (every name of a hard-linked one, since they are
+ * one node) share one journal.  The file goes when its last handle does.
+ *
+ * Locking: t->lock protects slots, the free list, every handle's refs and
+ * the file hash with every file's refs.  It is a leaf lock.
  */
 #include "config.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "fs/handle.h"
+
+#define FILE_BUCKETS 256
 
 struct fs_handle_table {
 	pthread_mutex_t lock;
@@ -25,30 +35,134 @@ struct fs_handle_table {
 	size_t count;                   /* protected by lock */
 	size_t *free_idx;               /* protected by lock: stack of free slots */
 	size_t nfree;                   /* protected by lock */
+	struct fs_file *files[FILE_BUCKETS];    /* protected by lock */
+	size_t nfiles;                  /* protected by lock */
+	char *spill_dir;                /* immutable */
+	bool journal;                   /* immutable */
 };
 
-int fs_handle_table_new(struct fs_handle_table **out)
+static atomic_uint_fast64_t next_tag = 1;
+
+int fs_handle_table_new(struct fs_handle_table **out, const char *spill_dir,
+			bool journal)
 {
 	struct fs_handle_table *t = calloc(1, sizeof(*t));
 
 	if (!t)
 		return -ENOMEM;
+	if (spill_dir && !(t->spill_dir = strdup(spill_dir))) {
+		free(t);
+		return -ENOMEM;
+	}
+	t->journal = journal;
 	pthread_mutex_init(&t->lock, NULL);
 	*out = t;
 	return 0;
 }
 
-static void handle_free(struct fs_handle *h)
+static void file_free(struct fs_file *f)
+{
+	if (f->journal && fs_journal_entries(f->journal))
+		fs_log(FS_LOG_WARN, "journal of inode %llu dropped with %zu changes not made durable",
+		       (unsigned long long)f->ino, fs_journal_entries(f->journal));
+	fs_journal_free(f->journal);
+	pthread_mutex_destroy(&f->lock);
+	free(f);
+}
+
+/* Caller holds t->lock. */
+static struct fs_file *file_get_locked(struct fs_handle_table *t, uint64_t ino)
+{
+	struct fs_file **b = &t->files[ino % FILE_BUCKETS], *f;
+
+	for (f = *b; f; f = f->next)
+		if (f->ino == ino) {
+			f->refs++;
+			return f;
+		}
+	f = calloc(1, sizeof(*f));
+	if (!f)
+		return NULL;
+	if (t->journal && !(f->journal = fs_journal_new(t->spill_dir))) {
+		free(f);
+		return NULL;
+	}
+	f->ino = ino;
+	f->refs = 1;
+	pthread_mutex_init(&f->lock, NULL);
+	f->next = *b;
+	*b = f;
+	t->nfiles++;
+	return f;
+}
+
+void fs_file_put(struct fs_handle_table *t, struct fs_file *f)
+{
+	struct fs_file **pp;
+	bool last;
+
+	pthread_mutex_lock(&t->lock);
+	last = --f->refs == 0;
+	if (last) {
+		for (pp = &t->files[f->ino % FILE_BUCKETS]; *pp != f; pp = &(*pp)->next)
+			;
+		*pp = f->next;
+		t->nfiles--;
+	}
+	pthread_mutex_unlock(&t->lock);
+	if (last)
+		file_free(f);
+}
+
+struct fs_file *fs_file_find(struct fs_handle_table *t, uint64_t ino)
+{
+	struct fs_file *f;
+
+	pthread_mutex_lock(&t->lock);
+	for (f = t->files[ino % FILE_BUCKETS]; f; f = f->next)
+		if (f->ino == ino) {
+			f->refs++;
+			break;
+		}
+	pthread_mutex_unlock(&t->lock);
+	return f;
+}
+
+size_t fs_file_all(struct fs_handle_table *t, struct fs_file ***out)
+{
+	struct fs_file **v;
+	size_t n = 0;
+
+	pthread_mutex_lock(&t->lock);
+	v = malloc((t->nfiles ? t->nfiles : 1) * sizeof(*v));
+	for (size_t i = 0; v && i < FILE_BUCKETS; i++)
+		for (struct fs_file *f = t->files[i]; f; f = f->next) {
+			f->refs++;
+			v[n++] = f;
+		}
+	pthread_mutex_unlock(&t->lock);
+	*out = v;
+	return n;
+}
+
+void fs_file_put_all(struct fs_handle_table *t, struct fs_file **v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		fs_file_put(t, v[i]);
+	free(v);
+}
+
+static void handle_free(struct fs_handle_table *t, struct fs_handle *h)
 {
 	if (h->fd >= 0)
 		close(h->fd);
 	for (size_t i = 0; i < h->nents; i++)
 		free(h->ents[i].name);
 	free(h->ents);
-	fs_journal_free(h->journal);
+	if (h->file)
+		fs_file_put(t, h->file);
 	pthread_rwlock_destroy(&h->lock);
 	pthread_rwlock_destroy(&h->cflock);
-	pthread_mutex_destroy(&h->jlock);
 	free(h);
 }
 
@@ -58,31 +172,27 @@ void fs_handle_table_free(struct fs_handle_table *t)
 		return;
 	for (size_t i = 0; i < t->cap; i++)
 		if (t->slots[i])
-			handle_free(t->slots[i]);
+			handle_free(t, t->slots[i]);
 	free(t->slots);
 	free(t->free_idx);
+	free(t->spill_dir);
 	pthread_mutex_destroy(&t->lock);
 	free(t);
 }
 
-struct fs_handle *fs_handle_alloc(uint64_t ino, int flags, bool dir,
-				  const char *spill_dir, size_t journal_mem)
+struct fs_handle *fs_handle_alloc(uint64_t ino, int flags, bool dir)
 {
 	struct fs_handle *h = calloc(1, sizeof(*h));
 
 	if (!h)
 		return NULL;
 	h->ino = ino;
+	h->tag = atomic_fetch_add(&next_tag, 1);
 	h->flags = flags;
 	h->dir = dir;
 	h->fd = -1;
-	if (!dir && !(h->journal = fs_journal_new(spill_dir, journal_mem))) {
-		free(h);
-		return NULL;
-	}
 	pthread_rwlock_init(&h->lock, NULL);
 	pthread_rwlock_init(&h->cflock, NULL);
-	pthread_mutex_init(&h->jlock, NULL);
 	return h;
 }
 
@@ -91,6 +201,10 @@ int64_t fs_handle_add(struct fs_handle_table *t, struct fs_handle *h)
 	int64_t idx;
 
 	pthread_mutex_lock(&t->lock);
+	if (!h->dir && !h->file && !(h->file = file_get_locked(t, h->ino))) {
+		pthread_mutex_unlock(&t->lock);
+		return -ENOMEM;
+	}
 	if (t->nfree) {
 		idx = t->free_idx[--t->nfree];
 	} else {
@@ -141,7 +255,7 @@ void fs_handle_put(struct fs_handle_table *t, struct fs_handle *h)
 	last = --h->refs == 0;
 	pthread_mutex_unlock(&t->lock);
 	if (last)
-		handle_free(h);
+		handle_free(t, h);
 }
 
 void fs_handle_remove(struct fs_handle_table *t, uint64_t idx)

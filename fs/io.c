@@ -1,10 +1,11 @@
 /*
- * fs/io.c - whole-buffer pread/pwrite, shared by the handles and the
- * journal (fs/fs.h).
+ * fs/io.c - whole-buffer pread/pwrite and the monotonic clock, shared by
+ * the handles, the journal and the engine supervisor (fs/fs.h).
  */
 #include "config.h"
 
 #include <errno.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "fs/fs.h"
@@ -37,4 +38,12 @@ int fs_pwrite_all(int fd, const void *buf, size_t len, off_t off)
 		done += n;
 	}
 	return 0;
+}
+
+double fs_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
 }

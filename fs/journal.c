@@ -1,16 +1,41 @@
 /*
- * fs/journal.c - per-handle write journal.
+ * fs/journal.c - the write journal of one file (fs/fs.h).
  *
  * An engine like JuiceFS acknowledges a write while the data sits in its
- * memory; a crash before flush loses it.  Every write we acknowledge is
- * therefore recorded here until a flush or fsync of the same handle
- * succeeds, and replayed in order after the engine restarted and the handle
- * was reopened.  Entries are appended in sequence-number order, so dropping
- * "everything up to seq N" is a pop from the front.
+ * memory; a crash before its flush loses it.  Every change to a file that
+ * lazarusfs acknowledges (write, truncate, fallocate) is therefore
+ * recorded here, in the order the engine applied it, until a flush or
+ * fsync made it durable, and replayed in that order after a restart.
  *
- * Memory use is bounded by mem_limit; larger journals spill their data to
- * an unlinked file under spill_dir.  The owner bounds the total by forcing a
- * checkpoint (fsync) when fs_journal_bytes() grows past its limit.
+ * One journal per file, not per descriptor: the changes of every
+ * descriptor (and of truncates by path) form one sequence, so a replay can
+ * never put an older change over a newer one.
+ *
+ * Retiring.  A successful fsync makes everything the engine had applied
+ * before it durable; a flush does the same for the whole file or only for
+ * the descriptor it went through, depending on the engine
+ * (fs_journal_retire's tag).  Retired entries are only marked: an entry can
+ * be dropped only once every older entry is retired too, because a replay
+ * starts at the oldest entry that is not durable and must re-apply every
+ * change after it, durable or not, to keep the order.  Replaying a suffix
+ * of the sequence onto the engine's state is correct because every change
+ * is an assignment (bytes, zeros or a size) that does not depend on what
+ * was there: applying changes k..n to a state that already holds some of
+ * them gives the same file as applying them to the state before k.  For
+ * the same reason a replay that is cut short (the engine died again) is
+ * simply run again.
+ *
+ * Storage.  Entries live in a log file under the spill directory (an
+ * unlinked O_TMPFILE): a 4 KiB superblock that says where the first live
+ * record is, then records, each a fixed header followed by its data.
+ * Retirements are appended as records too, so the file alone describes the
+ * journal: fs_journal_load() rebuilds one from it (a proxy that takes over
+ * from a dead one can do that from a descriptor it was handed).  The
+ * in-memory index only points into the file.  When everything is retired
+ * the file is truncated to nothing; a durable prefix is punched out, in
+ * whole pages, and the superblock moved past it.
+ *
+ * Not thread safe: the owner (struct fs_file) serialises every call.
  */
 #include "config.h"
 
@@ -19,72 +44,129 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "fs/fs.h"
 
-enum { J_WRITE, J_TRUNC };
+#define JREC_MAGIC 0x314a5a4cu  /* "LZJ1" */
+#define JSB_MAGIC 0x53535a4cu   /* "LZSS" */
+#define JSB_SIZE 4096
+
+/* The superblock at offset 0 of the log file. */
+struct jsb {
+	uint32_t magic;
+	uint32_t version;
+	uint64_t first;         /* offset of the first record to read */
+};
+
+enum { J_WRITE = 1, J_TRUNC, J_FALLOC, J_RETIRE };
+
+/* On-disk record header; J_WRITE records are followed by len bytes. */
+struct jrec {
+	uint32_t magic;
+	uint32_t type;
+	uint64_t seq;           /* J_RETIRE: retires up to this seq */
+	uint64_t tag;           /* J_RETIRE: 0 = every tag */
+	int64_t off;            /* offset, or the new size for J_TRUNC */
+	uint64_t len;           /* J_WRITE, J_FALLOC */
+	int32_t mode;           /* fallocate mode */
+	uint32_t pad;
+};
+
+static size_t data_len(const struct jrec *r)
+{
+	return r->type == J_WRITE ? r->len : 0;
+}
 
 struct jentry {
 	uint64_t seq;
+	uint64_t tag;
 	int type;
-	off_t off;              /* file offset, or the new size for J_TRUNC */
-	size_t len;
-	char *mem;              /* data, or NULL when spilled */
-	off_t spill_off;
+	int mode;
+	off_t off;
+	uint64_t len;
+	off_t data;             /* offset of the data in the log file */
+	double when;            /* monotonic seconds, for the age bound */
+	bool durable;
 };
 
 struct fs_journal {
 	char *spill_dir;
-	size_t mem_limit;
-	size_t mem_used;
-	size_t bytes;           /* data bytes in all entries */
+	int fd;                 /* the log file, or -1 until the first entry */
+	off_t end;              /* of the log file (0: not even a superblock) */
+	off_t start;            /* punched up to here */
 	struct jentry *e;
 	size_t head, tail, cap; /* live entries are e[head..tail) */
 	uint64_t seq;
-	int spill_fd;
-	off_t spill_end;
+	size_t bytes;           /* data bytes in live entries */
+	off_t size;             /* the file's size as far as we know */
 };
 
-struct fs_journal *fs_journal_new(const char *spill_dir, size_t mem_limit)
+struct fs_journal *fs_journal_new(const char *spill_dir)
 {
 	struct fs_journal *j = calloc(1, sizeof(*j));
 
 	if (!j)
 		return NULL;
 	j->spill_dir = spill_dir ? strdup(spill_dir) : NULL;
-	j->mem_limit = mem_limit;
-	j->spill_fd = -1;
-	return j;
-}
-
-static void clear(struct fs_journal *j)
-{
-	for (size_t i = j->head; i < j->tail; i++)
-		free(j->e[i].mem);
-	j->head = j->tail = 0;
-	j->mem_used = j->bytes = 0;
-	if (j->spill_fd >= 0 && j->spill_end) {
-		if (ftruncate(j->spill_fd, 0))
-			fs_log(FS_LOG_WARN, "cannot shrink journal spill file: %s",
-			       strerror(errno));
-		j->spill_end = 0;
+	if (spill_dir && !j->spill_dir) {
+		free(j);
+		return NULL;
 	}
+	j->fd = -1;
+	return j;
 }
 
 void fs_journal_free(struct fs_journal *j)
 {
 	if (!j)
 		return;
-	clear(j);
-	if (j->spill_fd >= 0)
-		close(j->spill_fd);
+	if (j->fd >= 0)
+		close(j->fd);
 	free(j->e);
 	free(j->spill_dir);
 	free(j);
 }
 
-static struct jentry *append(struct fs_journal *j)
+int fs_journal_fd(const struct fs_journal *j)
+{
+	return j->fd;
+}
+
+static int open_log(struct fs_journal *j)
+{
+	char tmpl[4096];
+	int fd;
+
+	if (!j->spill_dir)
+		return -ENOSPC;
+	fd = open(j->spill_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		/* tmpfs and most local filesystems have O_TMPFILE; fall back */
+		snprintf(tmpl, sizeof(tmpl), "%s/journal-XXXXXX", j->spill_dir);
+		fd = mkostemp(tmpl, O_CLOEXEC);
+		if (fd < 0)
+			return -errno;
+		unlink(tmpl);
+	}
+	j->fd = fd;
+	return 0;
+}
+
+/* Everything is durable: forget it all and give the space back. */
+static void clear(struct fs_journal *j)
+{
+	j->head = j->tail = 0;
+	j->bytes = 0;
+	if (j->fd >= 0 && j->end) {
+		if (ftruncate(j->fd, 0))
+			fs_log(FS_LOG_WARN, "cannot shrink journal file: %s", strerror(errno));
+	}
+	j->end = j->start = 0;
+}
+
+static struct jentry *slot(struct fs_journal *j)
 {
 	if (j->tail == j->cap) {
 		if (j->head) {
@@ -102,78 +184,87 @@ static struct jentry *append(struct fs_journal *j)
 			j->cap = cap;
 		}
 	}
-	memset(&j->e[j->tail], 0, sizeof(*j->e));
 	return &j->e[j->tail];
 }
 
-static int open_spill(struct fs_journal *j)
+static int write_sb(struct fs_journal *j, off_t first)
 {
-	char tmpl[4096];
-	int fd;
+	struct jsb sb = { .magic = JSB_MAGIC, .version = 1, .first = first };
 
-	if (!j->spill_dir)
-		return -ENOSPC;
-	fd = open(j->spill_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
-	if (fd < 0) {
-		/* tmpfs and most local filesystems have O_TMPFILE; fall back */
-		snprintf(tmpl, sizeof(tmpl), "%s/journal-XXXXXX", j->spill_dir);
-		fd = mkostemp(tmpl, O_CLOEXEC);
-		if (fd < 0)
-			return -errno;
-		unlink(tmpl);
+	return fs_pwrite_all(j->fd, &sb, sizeof(sb), 0);
+}
+
+/* Append a record (and its data) to the log file. */
+static int log_append(struct fs_journal *j, const struct jrec *r,
+		      const void *data, off_t *data_off)
+{
+	size_t len = data_len(r);
+	int ret;
+
+	if (j->fd < 0 && (ret = open_log(j)))
+		return ret;
+	if (!j->end) {
+		if ((ret = write_sb(j, JSB_SIZE)))
+			return ret;
+		j->end = j->start = JSB_SIZE;
 	}
-	j->spill_fd = fd;
+	if ((ret = fs_pwrite_all(j->fd, r, sizeof(*r), j->end)) ||
+	    (len && (ret = fs_pwrite_all(j->fd, data, len, j->end + sizeof(*r)))))
+		return ret;     /* the partial record is past j->end: ignored */
+	if (data_off)
+		*data_off = j->end + sizeof(*r);
+	j->end += sizeof(*r) + len;
 	return 0;
 }
 
-int fs_journal_write(struct fs_journal *j, const void *buf, size_t len,
-		     off_t off)
+static int add(struct fs_journal *j, uint64_t tag, int type, int mode,
+	       off_t off, uint64_t len, const void *data)
 {
-	struct jentry *e = append(j);
+	struct jrec r = { .magic = JREC_MAGIC, .type = type, .seq = j->seq + 1,
+			  .tag = tag, .off = off, .len = len, .mode = mode };
+	struct jentry *e = slot(j);
 	int ret;
 
 	if (!e)
 		return -ENOMEM;
-	e->type = J_WRITE;
+	memset(e, 0, sizeof(*e));
+	if ((ret = log_append(j, &r, data, &e->data)))
+		return ret;
+	e->seq = ++j->seq;
+	e->tag = tag;
+	e->type = type;
+	e->mode = mode;
 	e->off = off;
 	e->len = len;
-	if (j->mem_used + len <= j->mem_limit) {
-		e->mem = malloc(len ? len : 1);
-		if (!e->mem)
-			return -ENOMEM;
-		memcpy(e->mem, buf, len);
-		j->mem_used += len;
-	} else {
-		if (j->spill_fd < 0 && (ret = open_spill(j)))
-			return ret;
-		for (size_t done = 0; done < len;) {
-			ssize_t n = pwrite(j->spill_fd, (const char *)buf + done,
-					   len - done, j->spill_end + done);
-
-			if (n <= 0)
-				return n < 0 ? -errno : -EIO;
-			done += n;
-		}
-		e->spill_off = j->spill_end;
-		j->spill_end += len;
-	}
-	j->bytes += len;
-	e->seq = ++j->seq;
+	e->when = fs_now();
 	j->tail++;
+	if (type == J_WRITE) {
+		j->bytes += len;
+		if (off + (off_t)len > j->size)
+			j->size = off + len;
+	} else if (type == J_TRUNC) {
+		j->size = off;
+	} else if (!(mode & FALLOC_FL_KEEP_SIZE) && off + (off_t)len > j->size) {
+		j->size = off + len;
+	}
 	return 0;
 }
 
-int fs_journal_truncate(struct fs_journal *j, off_t size)
+int fs_journal_write(struct fs_journal *j, uint64_t tag, const void *buf,
+		     size_t len, off_t off)
 {
-	struct jentry *e = append(j);
+	return add(j, tag, J_WRITE, 0, off, len, buf);
+}
 
-	if (!e)
-		return -ENOMEM;
-	e->type = J_TRUNC;
-	e->off = size;
-	e->seq = ++j->seq;
-	j->tail++;
-	return 0;
+int fs_journal_truncate(struct fs_journal *j, uint64_t tag, off_t size)
+{
+	return add(j, tag, J_TRUNC, 0, size, 0, NULL);
+}
+
+int fs_journal_fallocate(struct fs_journal *j, uint64_t tag, int mode,
+			 off_t off, off_t len)
+{
+	return add(j, tag, J_FALLOC, mode, off, len, NULL);
 }
 
 uint64_t fs_journal_seq(const struct fs_journal *j)
@@ -181,18 +272,52 @@ uint64_t fs_journal_seq(const struct fs_journal *j)
 	return j->seq;
 }
 
-void fs_journal_drop(struct fs_journal *j, uint64_t upto)
+void fs_journal_set_size(struct fs_journal *j, off_t size)
 {
-	while (j->head < j->tail && j->e[j->head].seq <= upto) {
+	if (size > j->size)
+		j->size = size;
+}
+
+off_t fs_journal_size(const struct fs_journal *j)
+{
+	return j->size;
+}
+
+/* Mark entries durable and drop the durable prefix (no record written). */
+static void mark(struct fs_journal *j, uint64_t upto, uint64_t tag)
+{
+	for (size_t i = j->head; i < j->tail && j->e[i].seq <= upto; i++)
+		if (!tag || j->e[i].tag == tag)
+			j->e[i].durable = true;
+	while (j->head < j->tail && j->e[j->head].durable) {
 		struct jentry *e = &j->e[j->head++];
 
-		if (e->mem)
-			j->mem_used -= e->len;
-		free(e->mem);
-		j->bytes -= e->type == J_WRITE ? e->len : 0;
+		if (e->type == J_WRITE)
+			j->bytes -= e->len;
 	}
-	if (j->head == j->tail)
+}
+
+void fs_journal_retire(struct fs_journal *j, uint64_t upto, uint64_t tag)
+{
+	struct jrec r = { .magic = JREC_MAGIC, .type = J_RETIRE, .seq = upto, .tag = tag };
+	off_t first, start;
+
+	mark(j, upto, tag);
+	if (j->head == j->tail) {
 		clear(j);
+		return;
+	}
+	/* the file alone must tell what is retired (fs_journal_load) */
+	if (log_append(j, &r, NULL, NULL))
+		fs_log(FS_LOG_WARN, "cannot record a journal retirement: %s", strerror(errno));
+	/* give back the space of the durable prefix, in whole pages, once
+	 * the superblock points past it */
+	first = j->e[j->head].data - (off_t)sizeof(struct jrec);
+	start = first & ~(off_t)(JSB_SIZE - 1);
+	if (start > j->start && !write_sb(j, first) &&
+	    !fallocate(j->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, j->start,
+		       start - j->start))
+		j->start = start;
 }
 
 size_t fs_journal_bytes(const struct fs_journal *j)
@@ -205,20 +330,17 @@ size_t fs_journal_entries(const struct fs_journal *j)
 	return j->tail - j->head;
 }
 
-static int pwrite_all(int fd, const char *buf, size_t len, off_t off)
+bool fs_journal_has_tag(const struct fs_journal *j, uint64_t tag)
 {
-	while (len) {
-		ssize_t n = pwrite(fd, buf, len, off);
+	for (size_t i = j->head; i < j->tail; i++)
+		if (!j->e[i].durable && j->e[i].tag == tag)
+			return true;
+	return false;
+}
 
-		if (n < 0)
-			return -errno;
-		if (n == 0)
-			return -EIO;
-		buf += n;
-		len -= n;
-		off += n;
-	}
-	return 0;
+double fs_journal_age(const struct fs_journal *j)
+{
+	return j->head < j->tail ? fs_now() - j->e[j->head].when : 0;
 }
 
 int fs_journal_replay(struct fs_journal *j, int fd)
@@ -229,31 +351,93 @@ int fs_journal_replay(struct fs_journal *j, int fd)
 	for (size_t i = j->head; i < j->tail && !ret; i++) {
 		struct jentry *e = &j->e[i];
 
-		if (e->type == J_TRUNC) {
-			if (ftruncate(fd, e->off))
-				ret = -errno;
-			continue;
-		}
-		if (e->mem) {
-			ret = pwrite_all(fd, e->mem, e->len, e->off);
-			continue;
-		}
-		if (!chunk && !(chunk = malloc(1 << 20))) {
-			ret = -ENOMEM;
+		switch (e->type) {
+		case J_TRUNC:
+			ret = ftruncate(fd, e->off) ? -errno : 0;
 			break;
-		}
-		for (size_t done = 0; done < e->len && !ret;) {
-			size_t want = e->len - done > (1 << 20) ? (1 << 20) : e->len - done;
-			ssize_t n = pread(j->spill_fd, chunk, want, e->spill_off + done);
-
-			if (n <= 0) {
-				ret = n < 0 ? -errno : -EIO;
+		case J_FALLOC:
+			ret = fallocate(fd, e->mode, e->off, e->len) ? -errno : 0;
+			break;
+		case J_WRITE:
+			if (!chunk && !(chunk = malloc(1 << 20))) {
+				ret = -ENOMEM;
 				break;
 			}
-			ret = pwrite_all(fd, chunk, n, e->off + done);
-			done += n;
+			for (uint64_t done = 0; done < e->len && !ret;) {
+				size_t want = e->len - done > (1 << 20) ? (1 << 20) : e->len - done;
+				ssize_t n = fs_pread_all(j->fd, chunk, want, e->data + done);
+
+				if (n != (ssize_t)want) {
+					ret = n < 0 ? (int)n : -EIO;
+					break;
+				}
+				ret = fs_pwrite_all(fd, chunk, want, e->off + done);
+				done += want;
+			}
+			break;
 		}
 	}
 	free(chunk);
+	return ret;
+}
+
+int fs_journal_load(struct fs_journal *j, int fd)
+{
+	struct stat st;
+	struct jsb sb;
+	struct jrec r;
+	off_t pos;
+	int ret = 0;
+
+	if (j->fd >= 0 || j->tail)
+		return -EBUSY;
+	if (fstat(fd, &st))
+		return -errno;
+	j->fd = fd;
+	if (!st.st_size)
+		return 0;       /* an empty journal */
+	if (fs_pread_all(fd, &sb, sizeof(sb), 0) != sizeof(sb) || sb.magic != JSB_MAGIC ||
+	    sb.version != 1 || sb.first < JSB_SIZE)
+		return -EINVAL;
+	for (pos = sb.first;;) {
+		ssize_t n = fs_pread_all(fd, &r, sizeof(r), pos);
+		struct jentry *e;
+
+		if (n != sizeof(r) || r.magic != JREC_MAGIC ||
+		    pos + (off_t)sizeof(r) + (off_t)data_len(&r) > st.st_size)
+			break;  /* the end, or a record torn by a crash */
+		if (r.type == J_RETIRE) {
+			mark(j, r.seq, r.tag);
+			pos += sizeof(r);
+			continue;
+		}
+		if (r.type < J_WRITE || r.type > J_FALLOC) {
+			ret = -EINVAL;
+			break;
+		}
+		if (!(e = slot(j))) {
+			ret = -ENOMEM;
+			break;
+		}
+		memset(e, 0, sizeof(*e));
+		e->seq = r.seq;
+		e->tag = r.tag;
+		e->type = r.type;
+		e->mode = r.mode;
+		e->off = r.off;
+		e->len = r.type == J_TRUNC ? 0 : r.len;
+		e->data = pos + sizeof(r);
+		e->when = fs_now();
+		if (e->type == J_WRITE)
+			j->bytes += e->len;
+		if (r.seq > j->seq)
+			j->seq = r.seq;
+		j->tail++;
+		pos += sizeof(r) + data_len(&r);
+	}
+	j->end = pos;
+	j->start = sb.first & ~(off_t)(JSB_SIZE - 1);
+	if (j->head == j->tail)
+		clear(j);
 	return ret;
 }

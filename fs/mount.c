@@ -304,7 +304,7 @@ int fs_new(struct fs **out, struct fs_opts *o, char *err, size_t errlen)
 		goto out_free;
 	}
 	if ((ret = fs_inode_table_new(&fs->inodes)) ||
-	    (ret = fs_handle_table_new(&fs->handles)) ||
+	    (ret = fs_handle_table_new(&fs->handles, fs->journal_dir, fs_opts_journals(o))) ||
 	    (ret = fs_engine_new(&fs->engine, o, fs->id, fs->dir, fs_recover_handles, fs))) {
 		snprintf(err, errlen, "out of memory");
 		goto out_free;
@@ -406,11 +406,15 @@ int fs_run(struct fs *fs, int fuse_argc, char **fuse_argv)
 		fs_log(FS_LOG_ERR, "cannot start the engine supervisor: %s", strerror(-ret));
 		goto out_unmount;
 	}
+	if ((ret = fs_checkpointer_start(fs)))
+		fs_log(FS_LOG_WARN, "cannot start the journal checkpointer, journal_age is not enforced: %s",
+		       strerror(-ret));
 	if ((ret = fs_ctl_new(&fs->ctl, sock, fs_ctl_handler, fs)))
 		fs_log(FS_LOG_WARN, "cannot create control socket: %s: %s", sock, strerror(-ret));
 
 	ret = serve(fs);
 	fs_log(FS_LOG_INFO, "unmounting %s", fs->o->mountpoint);
+	fs_checkpointer_stop(fs);
 	fs_ctl_free(fs->ctl);
 	fs->ctl = NULL;
 	fs_engine_shutdown(fs->engine);

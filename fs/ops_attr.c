@@ -128,6 +128,7 @@ reply:
 }
 
 struct setattr_arg {
+	uint64_t ino;
 	const char *rel;
 	struct stat *attr;
 	int valid;
@@ -135,13 +136,13 @@ struct setattr_arg {
 };
 
 /* Apply a setattr by path, the size through h->fd when h is given. */
-static int do_setattr(const struct fs_call *c, struct fs_handle *h,
-		      struct setattr_arg *a)
+static int do_setattr(struct fs *fs, const struct fs_call *c,
+		      struct fs_handle *h, struct setattr_arg *a)
 {
 	const struct stat *attr = a->attr;
 	int valid = a->valid, ret = 0;
 	const char *rel = a->rel;
-	char pp[PATH_MAX + 32];
+	uint64_t ino = a->ino;
 
 	if (valid & FUSE_SET_ATTR_MODE &&
 	    fchmodat(c->b->rootfd, rel, attr->st_mode & 07777, 0))
@@ -152,11 +153,10 @@ static int do_setattr(const struct fs_call *c, struct fs_handle *h,
 		     valid & FUSE_SET_ATTR_GID ? attr->st_gid : (gid_t)-1,
 		     AT_SYMLINK_NOFOLLOW))
 		return -errno;
+	/* journaled: a replay must not bring back what this cut off */
 	if (valid & FUSE_SET_ATTR_SIZE) {
-		if (h)
-			ret = ftruncate(h->fd, attr->st_size) ? -errno : 0;
-		else if (!(ret = fs_proc_path(c, rel, pp, sizeof(pp))))
-			ret = truncate(pp, attr->st_size) ? -errno : 0;
+		ret = h ? fs_handle_truncate_fd(fs, h, attr->st_size) :
+			  fs_handle_truncate_path(fs, c, ino, rel, attr->st_size);
 		if (ret)
 			return ret;
 	}
@@ -181,7 +181,7 @@ static int do_setattr(const struct fs_call *c, struct fs_handle *h,
 static int setattr_fn(struct fs *fs, struct fs_call *c, struct fs_handle *h,
 		      void *arg)
 {
-	return do_setattr(c, h, arg);
+	return do_setattr(fs, c, h, arg);
 }
 
 void fs_op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
@@ -190,7 +190,7 @@ void fs_op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	struct fs *fs = fs_req(req);
 	struct fs_call c = FS_CALL_INIT(fs->engine);
 	char rel[PATH_MAX];
-	struct setattr_arg a = { .rel = rel, .attr = attr, .valid = valid };
+	struct setattr_arg a = { .ino = ino, .rel = rel, .attr = attr, .valid = valid };
 	struct fs_handle *h = NULL;
 	int ret;
 
@@ -206,13 +206,11 @@ void fs_op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 		do {
 			if ((ret = fs_call_enter(&c)))
 				break;
-			ret = do_setattr(&c, NULL, &a);
+			ret = do_setattr(fs, &c, NULL, &a);
 		} while (fs_call_again(&c, ret));
 	}
-	if (!ret && (valid & FUSE_SET_ATTR_SIZE)) {
-		fs_handle_journal_truncate(fs, ino, attr->st_size);
+	if (!ret && (valid & FUSE_SET_ATTR_SIZE))
 		fs_cache_truncate_all(fs, ino, rel, attr->st_size);
-	}
 out:
 	if (ret) {
 		fuse_reply_err(req, -ret);

@@ -118,7 +118,7 @@ static int snapshot(struct fs *fs, struct fs_handle *h)
 void fs_op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *fs = fs_req(req);
-	struct fs_handle *h = fs_handle_alloc(ino, O_RDONLY, true, NULL, 0);
+	struct fs_handle *h = fs_handle_alloc(ino, O_RDONLY, true);
 	int ret;
 
 	if (!h) {

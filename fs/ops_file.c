@@ -35,7 +35,7 @@ static struct fs_handle *offline_handle(struct fs *fs, uint64_t ino, const char 
 	    !fs_offline_attr(fs, ino, st) || !S_ISREG(st->st_mode) ||
 	    !cache_holds_file(fs->cache, rel, st->st_size, fs_mtime_ns(st)))
 		return NULL;
-	h = fs_handle_alloc(ino, fi->flags, false, fs->journal_dir, fs->o->journal_mem);
+	h = fs_handle_alloc(ino, fi->flags, false);
 	if (h)
 		fs_log(FS_LOG_DEBUG, "opened from the cache, engine offline: %s", rel);
 	return h;
@@ -80,8 +80,7 @@ static void open_common(fuse_req_t req, fuse_ino_t parent, const char *name,
 		if (!ret && creating)
 			ret = fs_own(fs, &c, req, rel, prel, &st);
 		if (!ret) {
-			h = fs_handle_alloc(ino, fi->flags, false, fs->journal_dir,
-					    fs->o->journal_mem);
+			h = fs_handle_alloc(ino, fi->flags, false);
 			if (!h) {
 				ret = -ENOMEM;
 			} else {
@@ -194,7 +193,7 @@ void fs_op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	 * empty journal means the engine has nothing of ours to flush: close()
 	 * of a reader then works even while the engine is down.
 	 */
-	if (fs_handle_dirty(h))
+	if (fs_handle_dirty(fs, h))
 		ret = fs_handle_sync(fs, h, FS_SYNC_FLUSH);
 	fs_handle_put(fs->handles, h);
 	fuse_reply_err(req, -ret);
@@ -243,7 +242,7 @@ void fs_op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	/* writes not yet covered by a flush (mmap, a failed flush) */
-	if (fs_handle_dirty(h))
+	if (fs_handle_dirty(fs, h))
 		fs_handle_sync(fs, h, FS_SYNC_FSYNC);
 	/* closing a backend fd talks to the engine: watch it for hangs */
 	pthread_rwlock_wrlock(&h->lock);
@@ -266,32 +265,18 @@ void fs_op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fuse_reply_err(req, 0);
 }
 
-struct falloc_arg {
-	int mode;
-	off_t off, len;
-};
-
-static int falloc_fn(struct fs *fs, struct fs_call *c, struct fs_handle *h,
-		     void *arg)
-{
-	struct falloc_arg *a = arg;
-
-	return fallocate(h->fd, a->mode, a->off, a->len) ? -errno : 0;
-}
-
 void fs_op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
 		     off_t len, struct fuse_file_info *fi)
 {
 	struct fs *fs = fs_req(req);
 	struct fs_handle *h = fs_handle_get(fs->handles, fi->fh);
-	struct falloc_arg a = { .mode = mode, .off = off, .len = len };
 	int ret;
 
 	if (!h) {
 		fuse_reply_err(req, EBADF);
 		return;
 	}
-	ret = fs_handle_call(fs, h, falloc_fn, &a);
+	ret = fs_handle_fallocate(fs, h, mode, off, len);
 	/* holes, zeroed ranges or a new size: simply drop the file's blocks */
 	if (!ret && fs->cache)
 		fs_cache_evict_ino(fs, h->ino);

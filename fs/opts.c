@@ -50,8 +50,17 @@ void fs_opts_init(struct fs_opts *o)
 	o->attr_timeout = 1;
 	o->entry_timeout = 1;
 	o->journal_mem = 8u << 20;
-	o->journal_max = 256u << 20;
+	o->journal_max = 64u << 20;
+	o->journal_age = 5;
+	o->journal = FS_JOURNAL_AUTO;
 	cache_config_init(&o->cache);
+}
+
+bool fs_opts_journals(const struct fs_opts *o)
+{
+	if (o->journal != FS_JOURNAL_AUTO)
+		return o->journal == FS_JOURNAL_ON;
+	return o->profile != FS_PROFILE_BINDFS;
 }
 
 void fs_opts_release(struct fs_opts *o)
@@ -92,8 +101,10 @@ void fs_usage(const char *prog)
 	       "  attr_timeout=SECONDS   kernel attribute cache (1)\n"
 	       "  entry_timeout=SECONDS  kernel name cache (1)\n"
 	       "  negative_timeout=SECONDS  kernel negative name cache (0)\n"
-	       "  journal_mem=SIZE       write journal kept in memory per handle (8M)\n"
-	       "  journal_max=SIZE       journal size that triggers an fsync (256M)\n"
+	       "  journal=auto|on|off    journal acknowledged changes for replay after an\n"
+	       "                         engine crash (auto: on, off for engine=bindfs)\n"
+	       "  journal_max=SIZE       unretired journal per file that forces an fsync (64M)\n"
+	       "  journal_age=SECONDS    age of an unretired change that forces an fsync (5)\n"
 	       "\n"
 	       "block cache options (-o, see lazarusfs.conf(5); no tier = no cache):\n"
 	       "  tierN=MEDIUM:PATH[|PATH...]:QUOTA   e.g. tier0=MEM:/dev/shm/lz:1G\n"
@@ -189,6 +200,7 @@ static int parse_own(struct fs_opts *o, const char *key, const char *v,
 		{ "attr_timeout", offsetof(struct fs_opts, attr_timeout) },
 		{ "entry_timeout", offsetof(struct fs_opts, entry_timeout) },
 		{ "negative_timeout", offsetof(struct fs_opts, negative_timeout) },
+		{ "journal_age", offsetof(struct fs_opts, journal_age) },
 	};
 	static const struct {
 		const char *name;
@@ -200,7 +212,7 @@ static int parse_own(struct fs_opts *o, const char *key, const char *v,
 		{ "state_dir", offsetof(struct fs_opts, state_dir) },
 	};
 	bool ours = !strcmp(key, "engine") || !strcmp(key, "journal_mem") ||
-		    !strcmp(key, "journal_max");
+		    !strcmp(key, "journal_max") || !strcmp(key, "journal");
 
 	for (size_t i = 0; i < sizeof(secs) / sizeof(*secs); i++)
 		ours |= !strcmp(key, secs[i].name);
@@ -222,6 +234,18 @@ static int parse_own(struct fs_opts *o, const char *key, const char *v,
 		*explicit_profile = true;
 		return 0;
 	}
+	if (!strcmp(key, "journal")) {
+		static const char *const modes[] = { "auto", "on", "off" };
+
+		for (int i = 0; i < 3; i++)
+			if (!strcmp(v, modes[i])) {
+				o->journal = (enum fs_journal_mode)i;
+				return 0;
+			}
+		snprintf(err, errlen, "invalid value for journal: '%s' (want auto, on or off)", v);
+		return -EINVAL;
+	}
+	/* obsolete (the journal lives in state_dir); still accepted */
 	if (!strcmp(key, "journal_mem"))
 		return parse_size(key, v, &o->journal_mem, err, errlen);
 	if (!strcmp(key, "journal_max"))

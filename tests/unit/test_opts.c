@@ -176,7 +176,9 @@ static void test_minimal_profile(void **state)
 	assert_true(r->o.entry_timeout == 1);
 	assert_true(r->o.negative_timeout == 0);
 	assert_int_equal(r->o.journal_mem, 8u << 20);
-	assert_int_equal(r->o.journal_max, 256u << 20);
+	assert_int_equal(r->o.journal_max, 64u << 20);
+	assert_true(r->o.journal_age == 5);
+	assert_int_equal(r->o.journal, FS_JOURNAL_AUTO);
 
 	assert_true(has_fuse_opt(r, "fsname=/srv/data"));
 	assert_true(has_fuse_opt(r, "subtype=lazarusfs"));
