@@ -156,9 +156,10 @@ size_t fs_strv_len(char *const *v);
 
 /*
  * FUSE node ids are ours, allocated from 2 upwards (1 is the root) and never
- * reused during a mount.  An inode is identified by (parent, name); its
- * backend identity is the path from the root, so it survives an engine
- * restart that changes the backend's inode numbers.
+ * reused during a mount.  An inode is identified by its names (parent,
+ * name), one for most files, all the names of a hard-linked one; its
+ * backend identity is the path from the root (through its first name), so
+ * it survives an engine restart that changes the backend's inode numbers.
  *
  * Counts: nlookup is the kernel's lookup count (passthrough_hp semantics),
  * nopen the number of open handles, nchild the number of inodes naming it
@@ -183,6 +184,21 @@ void fs_inode_table_free(struct fs_inode_table *t);
 uint64_t fs_inode_lookup(struct fs_inode_table *t, uint64_t parent,
 			 const char *name, mode_t type, uint64_t nlookup,
 			 int *err);
+/*
+ * The same for a name whose backend attributes `st` were seen in engine
+ * generation `gen`: a new name of a file with links (st_nlink > 1) whose
+ * (st_dev, st_ino) a node already has in that generation joins that node,
+ * so every name of a hard-linked file is one node for the kernel.
+ */
+uint64_t fs_inode_lookup_st(struct fs_inode_table *t, uint64_t parent,
+			    const char *name, const struct stat *st, uint64_t gen,
+			    uint64_t nlookup, int *err);
+/* `ino` got the new name (newparent, newname) (our link()); `st` of the
+ * new link, seen in `gen`, records the identity.  0 or -ESTALE. */
+int fs_inode_link(struct fs_inode_table *t, uint64_t ino, uint64_t newparent,
+		  const char *newname, const struct stat *st, uint64_t gen);
+/* How many names `ino` has (0 when unlinked or unknown). */
+int fs_inode_nnames(struct fs_inode_table *t, uint64_t ino);
 /* Node id for (parent, name) if known, else 0.  No count changes. */
 uint64_t fs_inode_find(struct fs_inode_table *t, uint64_t parent,
 		       const char *name);
@@ -203,8 +219,16 @@ int fs_inode_nopen(struct fs_inode_table *t, uint64_t ino);
 int fs_inode_path(struct fs_inode_table *t, uint64_t ino, const char *name,
 		  char *buf, size_t len);
 
-/* The inode named (parent, name) now lives at (newparent, newname); an
- * inode already at the target is unlinked from the table. */
+/* The path of `ino` through a name other than (parent, name), for a file
+ * that is about to lose that name: -ENOENT when it has no other. */
+int fs_inode_path_except(struct fs_inode_table *t, uint64_t ino,
+			 uint64_t parent, const char *name, char *buf, size_t len);
+/* Is (parent, name) the name fs_inode_path() goes through? */
+bool fs_inode_is_first_name(struct fs_inode_table *t, uint64_t ino,
+			    uint64_t parent, const char *name);
+/* The name (parent, name) is now (newparent, newname); the name already
+ * at the target is forgotten (its inode keeps its other names).  Between
+ * two names of one inode nothing changes, as in rename(2). */
 void fs_inode_rename(struct fs_inode_table *t, uint64_t parent,
 		     const char *name, uint64_t newparent, const char *newname);
 /* Swap two names (RENAME_EXCHANGE). */
@@ -212,7 +236,7 @@ void fs_inode_exchange(struct fs_inode_table *t, uint64_t parent,
 		       const char *name, uint64_t newparent,
 		       const char *newname);
 /* The name is gone from the backend; the inode (if any) keeps its counts
- * but has no path any more. */
+ * and its other names, if it has any. */
 void fs_inode_unlink(struct fs_inode_table *t, uint64_t parent,
 		     const char *name);
 /*
@@ -229,7 +253,7 @@ int fs_inode_make_silly(struct fs_inode_table *t, uint64_t parent,
 			const char *newname);
 int fs_inode_close_silly(struct fs_inode_table *t, uint64_t ino, char *buf,
 			 size_t len);
-/* Forget the name of `ino` (its backend file is gone). */
+/* Forget every name of `ino` (its backend file is gone). */
 void fs_inode_drop_name(struct fs_inode_table *t, uint64_t ino);
 /* Mark/query the silly-renamed state (unlinked while open, see ops.c). */
 void fs_inode_set_silly(struct fs_inode_table *t, uint64_t ino, bool silly);

@@ -232,6 +232,32 @@ int fs_recover_handles(void *arg, struct fs_backend *b)
 	return ret ? ret : reopened;
 }
 
+void fs_handle_rebind(struct fs *fs, const struct fs_call *c, uint64_t ino,
+		      const char *rel)
+{
+	struct fs_handle **v;
+	size_t n = fs_handle_all(fs->handles, ino, &v);
+
+	for (size_t i = 0; i < n; i++) {
+		struct fs_handle *h = v[i];
+		int fd;
+
+		if (h->dir)
+			continue;
+		pthread_rwlock_wrlock(&h->lock);
+		if (h->gen == c->b->gen && !h->broken && h->fd >= 0) {
+			fd = openat(c->b->rootfd, rel,
+				    (h->flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_APPEND)) | O_CLOEXEC);
+			if (fd >= 0) {
+				close(h->fd);
+				h->fd = fd;
+			}
+		}
+		pthread_rwlock_unlock(&h->lock);
+	}
+	fs_handle_put_all(fs->handles, v, n);
+}
+
 /* ------------------------------------------------------------- reads */
 
 struct pread_arg {

@@ -206,6 +206,17 @@ bool fs_handle_dirty(struct fs *fs, struct fs_handle *h);
 int fs_checkpointer_start(struct fs *fs);
 void fs_checkpointer_stop(struct fs *fs);
 
+/*
+ * The name the handles of `ino` were opened through is about to go, while
+ * the file keeps another: reopen them through `rel` (that other name), so
+ * that no backend fd holds a name the engine removes (a libfuse high-level
+ * engine such as bindfs would keep such a file linked as .fuse_hidden*
+ * until it is closed).  c is entered.  Best effort: a handle that cannot be
+ * reopened keeps its fd.
+ */
+void fs_handle_rebind(struct fs *fs, const struct fs_call *c, uint64_t ino,
+		      const char *rel);
+
 /* fs_recover_fn for the supervisor: replay every file's journal onto `b`,
  * make it durable there (fsync), then reopen every file handle.  `arg` is
  * the struct fs. */

@@ -130,12 +130,12 @@ int fs_own(struct fs *fs, const struct fs_call *c, fuse_req_t req,
 }
 
 int fs_make_entry(struct fs *fs, uint64_t parent, const char *name,
-		  struct stat *st, struct fuse_entry_param *e)
+		  struct stat *st, uint64_t gen, struct fuse_entry_param *e)
 {
 	int err;
 
 	memset(e, 0, sizeof(*e));
-	e->ino = fs_inode_lookup(fs->inodes, parent, name, st->st_mode, 1, &err);
+	e->ino = fs_inode_lookup_st(fs->inodes, parent, name, st, gen, 1, &err);
 	if (!e->ino)
 		return err;
 	if (fs->cache)
@@ -148,10 +148,10 @@ int fs_make_entry(struct fs *fs, uint64_t parent, const char *name,
 }
 
 void fs_reply_entry(fuse_req_t req, struct fs *fs, uint64_t parent,
-		    const char *name, struct stat *st)
+		    const char *name, struct stat *st, uint64_t gen)
 {
 	struct fuse_entry_param e;
-	int ret = fs_make_entry(fs, parent, name, st, &e);
+	int ret = fs_make_entry(fs, parent, name, st, gen, &e);
 
 	if (ret)
 		fuse_reply_err(req, -ret);

@@ -37,6 +37,7 @@ void fs_op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct fs *fs = fs_req(req);
 	struct fs_call c = FS_CALL_INIT(fs->engine);
 	char rel[PATH_MAX];
+	uint64_t gen = 0;
 	struct stat st;
 	int ret;
 
@@ -52,6 +53,7 @@ void fs_op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		if ((ret = fs_call_enter(&c)))
 			break;
 		ret = fs_stat_rel(&c, rel, &st);
+		gen = c.b->gen;
 	} while (fs_call_again(&c, ret));
 out:
 	if (ret == -ENOENT && fs->o->negative_timeout > 0) {
@@ -61,7 +63,7 @@ out:
 	} else if (ret) {
 		fuse_reply_err(req, -ret);
 	} else {
-		fs_reply_entry(req, fs, parent, name, &st);
+		fs_reply_entry(req, fs, parent, name, &st, gen);
 	}
 }
 

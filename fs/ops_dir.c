@@ -149,6 +149,7 @@ static size_t add_entry(fuse_req_t req, struct fs *fs, fuse_ino_t ino,
 	if (strcmp(d->name, ".") && strcmp(d->name, "..")) {
 		struct fs_call c = FS_CALL_INIT(fs->engine);
 		char rel[PATH_MAX];
+		uint64_t gen = 0;
 		int r;
 
 		if (snprintf(rel, sizeof(rel), "%s/%s", dirrel, d->name) >= (int)sizeof(rel))
@@ -157,9 +158,10 @@ static size_t add_entry(fuse_req_t req, struct fs *fs, fuse_ino_t ino,
 			if ((r = fs_call_enter(&c)))
 				break;
 			r = fs_stat_rel(&c, rel, &st);
+			gen = c.b->gen;
 		} while (fs_call_again(&c, r));
 		/* a vanished entry is listed without attributes */
-		if (r || fs_make_entry(fs, ino, d->name, &st, &e))
+		if (r || fs_make_entry(fs, ino, d->name, &st, gen, &e))
 			e.ino = 0;
 	} else {
 		e.attr = st;

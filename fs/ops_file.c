@@ -97,7 +97,7 @@ static void open_common(fuse_req_t req, fuse_ino_t parent, const char *name,
 	if (ret)
 		goto out;
 	if (creating) {
-		if ((ret = fs_make_entry(fs, parent, name, &st, &e))) {
+		if ((ret = fs_make_entry(fs, parent, name, &st, h->gen, &e))) {
 			fs_handle_put(fs->handles, h);
 			goto out;
 		}

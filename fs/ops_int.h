@@ -55,12 +55,13 @@ static inline int64_t fs_mtime_ns(const struct stat *st)
 /* Adjust backend attributes for the kernel (block size, silly names). */
 void fs_fill_attr(struct fs *fs, uint64_t ino, struct stat *st);
 /* Look up (or create) the inode for (parent, name) with one lookup count
- * and fill a FUSE entry with attributes `st` and our timeouts. */
+ * and fill a FUSE entry with attributes `st` (seen in generation `gen`) and
+ * our timeouts. */
 int fs_make_entry(struct fs *fs, uint64_t parent, const char *name,
-		  struct stat *st, struct fuse_entry_param *e);
+		  struct stat *st, uint64_t gen, struct fuse_entry_param *e);
 /* fs_make_entry() and reply; an interrupted reply drops the lookup. */
 void fs_reply_entry(fuse_req_t req, struct fs *fs, uint64_t parent,
-		    const char *name, struct stat *st);
+		    const char *name, struct stat *st, uint64_t gen);
 /*
  * Offline service (block cache only): while the engine is lost or failing
  * to start, known inodes are answered with the last attributes seen.

@@ -31,6 +31,7 @@ static void make_node(fuse_req_t req, fuse_ino_t parent, const char *name,
 	struct fs *fs = fs_req(req);
 	struct fs_call c = FS_CALL_INIT(fs->engine);
 	char rel[PATH_MAX], prel[PATH_MAX];
+	uint64_t gen = 0;
 	struct stat st;
 	int ret;
 
@@ -44,6 +45,7 @@ static void make_node(fuse_req_t req, fuse_ino_t parent, const char *name,
 	do {
 		if ((ret = fs_call_enter(&c)))
 			break;
+		gen = c.b->gen;
 		if (kind == MK_DIR)
 			ret = mkdirat(c.b->rootfd, rel, mode);
 		else if (kind == MK_SYMLINK)
@@ -63,7 +65,7 @@ out:
 	if (ret)
 		fuse_reply_err(req, -ret);
 	else
-		fs_reply_entry(req, fs, parent, name, &st);
+		fs_reply_entry(req, fs, parent, name, &st, gen);
 }
 
 void fs_op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name,
@@ -82,6 +84,21 @@ void fs_op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent,
 		   const char *name)
 {
 	make_node(req, parent, name, MK_SYMLINK, 0, 0, link);
+}
+
+/*
+ * (parent, name) is about to go.  If it is the name the open handles of its
+ * file went through and the file has another, move them to that one.
+ */
+static void move_handles_off(struct fs *fs, const struct fs_call *c,
+			     uint64_t ino, uint64_t parent, const char *name)
+{
+	char other[PATH_MAX];
+
+	if (ino && fs_inode_nopen(fs->inodes, ino) > 0 &&
+	    fs_inode_is_first_name(fs->inodes, ino, parent, name) &&
+	    !fs_inode_path_except(fs->inodes, ino, parent, name, other, sizeof(other)))
+		fs_handle_rebind(fs, c, ino, other);
 }
 
 /*
@@ -119,7 +136,7 @@ void fs_op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct fs_call c = FS_CALL_INIT(fs->engine);
 	char rel[PATH_MAX];
 	bool silly = false;
-	uint64_t ino;
+	uint64_t ino = 0;
 	int ret;
 
 	if ((ret = fs_inode_path(fs->inodes, parent, name, rel, sizeof(rel))))
@@ -128,10 +145,13 @@ void fs_op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 		if ((ret = fs_call_enter(&c)))
 			break;
 		ino = fs_inode_find(fs->inodes, parent, name);
-		if (ino && fs_inode_nopen(fs->inodes, ino) > 0) {
+		/* open and about to lose its last name: keep it reachable */
+		if (ino && fs_inode_nopen(fs->inodes, ino) > 0 &&
+		    fs_inode_nnames(fs->inodes, ino) == 1) {
 			ret = silly_rename(fs, &c, parent, name, ino);
 			silly = !ret;
 		} else {
+			move_handles_off(fs, &c, ino, parent, name);
 			ret = unlinkat(c.b->rootfd, rel, 0) ? -errno : 0;
 			if (ret == -ENOENT && c.attempt)
 				ret = 0;
@@ -140,7 +160,9 @@ void fs_op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 		}
 	} while (fs_call_again(&c, ret));
 	if (!ret && fs->cache) {
-		if (silly)
+		/* a silly rename, or the loss of a file's first name, moved the
+		 * path (the cache key) of its open handles */
+		if (silly || (ino && fs_inode_nopen(fs->inodes, ino) > 0))
 			fs_cache_detach_moved(fs);
 		cache_evict(fs->cache, rel);
 	}
@@ -197,10 +219,14 @@ void fs_op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 		victim = fs_inode_find(fs->inodes, newparent, newname);
 		if (!(flags & RENAME_EXCHANGE) && victim &&
 		    fs_inode_nopen(fs->inodes, victim) > 0 &&
+		    fs_inode_nnames(fs->inodes, victim) == 1 &&
+		    victim != fs_inode_find(fs->inodes, parent, name) &&
 		    !(flags & RENAME_NOREPLACE) && !fs_stat_rel(&c, rel, &st) &&
 		    !S_ISDIR(st.st_mode) &&
 		    (ret = silly_rename(fs, &c, newparent, newname, victim)))
 			continue;
+		if (!(flags & RENAME_EXCHANGE) && victim)
+			move_handles_off(fs, &c, victim, newparent, newname);
 		ret = renameat2(c.b->rootfd, rel, c.b->rootfd, nrel, flags) ? -errno : 0;
 		if (ret == -ENOENT && c.attempt && !fs_stat_rel(&c, nrel, &st))
 			ret = 0;        /* the first try moved it */
@@ -226,6 +252,7 @@ void fs_op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
 	struct fs *fs = fs_req(req);
 	struct fs_call c = FS_CALL_INIT(fs->engine);
 	char rel[PATH_MAX], nrel[PATH_MAX];
+	uint64_t gen = 0;
 	struct stat st;
 	int ret;
 
@@ -235,6 +262,7 @@ void fs_op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t newparent,
 	do {
 		if ((ret = fs_call_enter(&c)))
 			break;
+		gen = c.b->gen;
 		ret = linkat(c.b->rootfd, rel, c.b->rootfd, nrel, 0) ? -errno : 0;
 		if (ret == -EEXIST && c.attempt)
 			ret = 0;
@@ -246,10 +274,11 @@ out:
 		fuse_reply_err(req, -ret);
 		return;
 	}
-	/*
-	 * The new name gets its own node id (identity is a path here), so the
-	 * kernel would keep the old name's link count: drop its attributes.
-	 */
-	fuse_lowlevel_notify_inval_inode(fs->se, ino, -1, 0);
-	fs_reply_entry(req, fs, newparent, newname, &st);
+	/* the new name is another name of the same node: one inode, one
+	 * page cache and one journal for the kernel and for us */
+	if ((ret = fs_inode_link(fs->inodes, ino, newparent, newname, &st, gen))) {
+		fuse_reply_err(req, -ret);
+		return;
+	}
+	fs_reply_entry(req, fs, newparent, newname, &st, gen);
 }

@@ -8,10 +8,10 @@
 #                 change through one name shows through the other only
 #                 later): the probe turns hard links off.
 #   bindfs-exact  bindfs with attr_timeout=0,entry_timeout=0, which keeps
-#                 hard links coherent in the engine, and lazarusfs with the
-#                 same, since it gives every name of a hard-linked file its
-#                 own node (README): with the full op set, any difference is
-#                 the proxy's.
+#                 hard links coherent in the engine, and lazarusfs with its
+#                 default timeouts, since every name of a hard-linked file
+#                 is one node: with the full op set, any difference is the
+#                 proxy's.
 #   sshfs         sshfs against a local sshd.  sftp lacks xattrs, link
 #                 counts, renameat2 flags, nanosecond mtimes, lchown and
 #                 ENOTEMPTY on rename, sshd applies its umask at creation,
@@ -133,11 +133,9 @@ first_access() {
 start=$SECONDS
 first_access
 run bindfs bindfs "$OPS_BINDFS"
-# --no-nlink: while one name of a hard-linked file is silly-renamed (it was
-# unlinked while open), the file's other names count that hidden link, as
-# on NFS (README, known limitations)
-run bindfs-exact bindfs "$OPS_BINDFS" "-o attr_timeout=0,entry_timeout=0" \
-	"attr_timeout=0,entry_timeout=0" --no-nlink
+# lazarusfs keeps its default attribute and entry timeouts: every name of a
+# hard-linked file is one node, so the kernel's cache of it stays coherent
+run bindfs-exact bindfs "$OPS_BINDFS" "-o attr_timeout=0,entry_timeout=0"
 start_sshd
 run sshfs sshfs "$OPS_SSHFS"
 echo "took $((SECONDS - start)) s"

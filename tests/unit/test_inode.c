@@ -1,7 +1,8 @@
 /*
  * Unit tests for the fs/ inode table (fs_inode_*): node id allocation,
  * lookup counts, paths, forget/open/child lifetimes, rename/exchange/unlink,
- * silly names, table growth, and concurrent use.  Counts going below zero
+ * silly names, table growth, concurrent use, and hard links as one node
+ * (by backend identity within a generation, and by our own link()).  Counts going below zero
  * must abort; that is checked in forked children.
  */
 #ifdef HAVE_CONFIG_H
@@ -731,6 +732,127 @@ static void test_concurrency(void **state)
 	assert_int_equal(fs_inode_find(t, FS_ROOT_INO, "shared0"), 0);
 }
 
+
+/* ------------------------------------------------------- hard links */
+
+static struct stat file_st(dev_t dev, ino_t ino, nlink_t nlink, mode_t type)
+{
+	struct stat st = { .st_dev = dev, .st_ino = ino, .st_nlink = nlink,
+			   .st_mode = type | 0644 };
+
+	return st;
+}
+
+static uint64_t look_st(struct fs_inode_table *t, uint64_t parent,
+			const char *name, const struct stat *st, uint64_t gen)
+{
+	int err = 12345;
+	uint64_t ino = fs_inode_lookup_st(t, parent, name, st, gen, 1, &err);
+
+	assert_int_equal(err, 0);
+	assert_true(ino != 0);
+	return ino;
+}
+
+static void test_hardlinks_are_one_node(void **state)
+{
+	struct fs_inode_table *t = *state;
+	struct stat st = file_st(5, 77, 2, S_IFREG);
+	uint64_t d = look(t, FS_ROOT_INO, "d", S_IFDIR, 1);
+	uint64_t a = look_st(t, FS_ROOT_INO, "a", &st, 1);
+	uint64_t b = look_st(t, d, "b", &st, 1);
+
+	/* another name of the same backend file, same generation: one node */
+	assert_int_equal(b, a);
+	assert_int_equal(fs_inode_nnames(t, a), 2);
+	assert_int_equal(fs_inode_find(t, d, "b"), a);
+	expect_path(t, a, NULL, "a");           /* the first name */
+	/* the kernel looked it up twice, through two names */
+	fs_inode_forget(t, a, 1);
+	assert_int_equal(fs_inode_find(t, FS_ROOT_INO, "a"), a);
+
+	/* one name goes: the node lives on under the other */
+	fs_inode_unlink(t, FS_ROOT_INO, "a");
+	assert_int_equal(fs_inode_nnames(t, a), 1);
+	assert_int_equal(fs_inode_find(t, FS_ROOT_INO, "a"), 0);
+	expect_path(t, a, NULL, "d/b");
+	fs_inode_rename(t, d, "b", FS_ROOT_INO, "c");
+	expect_path(t, a, NULL, "c");
+	fs_inode_unlink(t, FS_ROOT_INO, "c");
+	assert_int_equal(fs_inode_nnames(t, a), 0);
+	fs_inode_forget(t, a, 1);
+	fs_inode_forget(t, d, 1);
+	assert_int_equal(fs_inode_count(t), 1);
+}
+
+static void test_hardlink_guards(void **state)
+{
+	struct fs_inode_table *t = *state;
+	struct stat two = file_st(5, 88, 2, S_IFREG), one = file_st(5, 99, 1, S_IFREG);
+	struct stat dir = file_st(5, 111, 3, S_IFDIR);
+	uint64_t a, b;
+
+	/* inode numbers mean nothing across an engine restart */
+	a = look_st(t, FS_ROOT_INO, "g1", &two, 1);
+	b = look_st(t, FS_ROOT_INO, "g2", &two, 2);
+	assert_true(a != b);
+	/* a file without links never joins another (numbers can be reused) */
+	assert_true(look_st(t, FS_ROOT_INO, "n1", &one, 1) !=
+		    look_st(t, FS_ROOT_INO, "n2", &one, 1));
+	/* neither does a directory, nor a name seen without a generation */
+	assert_true(look_st(t, FS_ROOT_INO, "d1", &dir, 1) !=
+		    look_st(t, FS_ROOT_INO, "d2", &dir, 1));
+	assert_true(look_st(t, FS_ROOT_INO, "z1", &two, 0) !=
+		    look_st(t, FS_ROOT_INO, "z2", &two, 0));
+	/* a known name stays with its node even if another now has its
+	 * identity: two nodes the kernel knows cannot become one */
+	one.st_ino = 88;
+	one.st_nlink = 2;
+	assert_int_equal(look_st(t, FS_ROOT_INO, "n1", &one, 2), fs_inode_find(t, FS_ROOT_INO, "n1"));
+	assert_int_equal(look_st(t, FS_ROOT_INO, "g3", &two, 2), b);
+	/* an unlinked node joins nothing */
+	fs_inode_unlink(t, FS_ROOT_INO, "g2");
+	fs_inode_unlink(t, FS_ROOT_INO, "g3");
+	assert_true(look_st(t, FS_ROOT_INO, "g4", &two, 2) != b);
+}
+
+static void test_link_and_rename_between_links(void **state)
+{
+	struct fs_inode_table *t = *state;
+	struct stat st = file_st(9, 5, 1, S_IFREG);
+	uint64_t a = look_st(t, FS_ROOT_INO, "a", &st, 1), x;
+
+	/* our own link(): the new name joins the node whatever the engine's
+	 * inode numbers (sshfs makes them up per path) */
+	st.st_nlink = 2;
+	st.st_ino = 6;
+	assert_int_equal(fs_inode_link(t, a, FS_ROOT_INO, "b", &st, 1), 0);
+	assert_int_equal(fs_inode_find(t, FS_ROOT_INO, "b"), a);
+	assert_int_equal(look_st(t, FS_ROOT_INO, "b", &st, 1), a);
+	assert_int_equal(fs_inode_link(t, a, FS_ROOT_INO, "b", &st, 1), 0); /* again */
+	assert_int_equal(fs_inode_nnames(t, a), 2);
+	assert_int_equal(fs_inode_link(t, 4242, FS_ROOT_INO, "c", &st, 1), -ESTALE);
+
+	/* rename between two names of one file does nothing (rename(2)) */
+	fs_inode_rename(t, FS_ROOT_INO, "a", FS_ROOT_INO, "b");
+	assert_int_equal(fs_inode_find(t, FS_ROOT_INO, "a"), a);
+	assert_int_equal(fs_inode_find(t, FS_ROOT_INO, "b"), a);
+
+	/* renaming another file over one name leaves the node its other */
+	x = look(t, FS_ROOT_INO, "x", S_IFREG, 1);
+	fs_inode_rename(t, FS_ROOT_INO, "x", FS_ROOT_INO, "a");
+	assert_int_equal(fs_inode_find(t, FS_ROOT_INO, "a"), x);
+	assert_int_equal(fs_inode_nnames(t, a), 1);
+	expect_path(t, a, NULL, "b");
+
+	/* exchange swaps which node each name belongs to */
+	fs_inode_exchange(t, FS_ROOT_INO, "a", FS_ROOT_INO, "b");
+	assert_int_equal(fs_inode_find(t, FS_ROOT_INO, "a"), a);
+	assert_int_equal(fs_inode_find(t, FS_ROOT_INO, "b"), x);
+	expect_path(t, x, NULL, "b");
+	expect_path(t, a, NULL, "a");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -756,6 +878,9 @@ int main(void)
 		T(test_drop_name),
 		T(test_growth),
 		T(test_concurrency),
+		T(test_hardlinks_are_one_node),
+		T(test_hardlink_guards),
+		T(test_link_and_rename_between_links),
 #undef T
 	};
 
