@@ -525,7 +525,16 @@ int fs_inode_open(struct fs_inode_table *t, uint64_t ino)
 	return ret;
 }
 
-int fs_inode_close(struct fs_inode_table *t, uint64_t ino)
+static int path_locked(struct fs_inode_table *t, uint64_t ino, const char *name,
+		       char *buf, size_t len);
+
+/*
+ * Drop one open count of `ino`.  With buf: when that was the last open of
+ * a silly-renamed file, clear the mark and put its path in buf (*silly).
+ * Returns the open count left, or -ESTALE.
+ */
+static int close_open(struct fs_inode_table *t, uint64_t ino, char *buf,
+		      size_t len, bool *silly)
 {
 	struct fs_inode *in;
 	int ret;
@@ -538,36 +547,28 @@ int fs_inode_close(struct fs_inode_table *t, uint64_t ino)
 	}
 	drop_open(in);
 	ret = in->nopen;
+	if (buf && !in->nopen && in->silly && !path_locked(t, ino, NULL, buf, len)) {
+		in->silly = false;
+		*silly = true;
+	}
 	inode_maybe_free(t, in);
 out:
 	pthread_rwlock_unlock(&t->lock);
 	return ret;
 }
 
-static int path_locked(struct fs_inode_table *t, uint64_t ino, const char *name,
-		       char *buf, size_t len);
+int fs_inode_close(struct fs_inode_table *t, uint64_t ino)
+{
+	return close_open(t, ino, NULL, 0, NULL);
+}
 
 int fs_inode_close_silly(struct fs_inode_table *t, uint64_t ino, char *buf,
 			 size_t len)
 {
-	struct fs_inode *in;
-	int ret = 0;
+	bool silly = false;
+	int ret = close_open(t, ino, buf, len, &silly);
 
-	pthread_rwlock_wrlock(&t->lock);
-	in = inode_get(t, ino);
-	if (!in) {
-		ret = -ESTALE;
-		goto out;
-	}
-	drop_open(in);
-	if (!in->nopen && in->silly && !path_locked(t, ino, NULL, buf, len)) {
-		in->silly = false;
-		ret = 1;
-	}
-	inode_maybe_free(t, in);
-out:
-	pthread_rwlock_unlock(&t->lock);
-	return ret;
+	return ret < 0 ? ret : silly;
 }
 
 int fs_inode_nopen(struct fs_inode_table *t, uint64_t ino)
