@@ -154,6 +154,43 @@ void fs_ctl_free(struct fs_ctl *c)
 
 /* ------------------------------------------------------- the commands */
 
+/* Append the metadata cache's figures to a stats reply (text lines, or
+ * one more member of the JSON object). */
+static int add_meta_stats(struct fs *fs, bool json, char **reply)
+{
+	struct fs_meta_stats ms;
+	char *s = NULL, *end;
+	int n;
+
+	if (!fs->meta)
+		return 0;
+	fs_meta_get_stats(fs->meta, &ms);
+	if (json) {
+		end = strrchr(*reply, '}');
+		if (!end)
+			return -EINVAL;
+		*end = 0;
+		n = asprintf(&s, "%s%s\"meta\":{\"entries\":%zu,\"bytes\":%zu,\"max_bytes\":%zu,"
+			     "\"hits\":%llu,\"negative_hits\":%llu,\"misses\":%llu,"
+			     "\"evictions\":%llu}}\n", *reply, end[-1] == '{' ? "" : ",",
+			     ms.entries, ms.bytes, ms.max_bytes, (unsigned long long)ms.hits,
+			     (unsigned long long)ms.negative_hits,
+			     (unsigned long long)ms.misses, (unsigned long long)ms.evictions);
+	} else {
+		n = asprintf(&s, "%smeta_entries: %zu\nmeta_bytes: %zu\nmeta_max_bytes: %zu\n"
+			     "meta_hits: %llu\nmeta_negative_hits: %llu\nmeta_misses: %llu\n"
+			     "meta_evictions: %llu\n", *reply, ms.entries, ms.bytes,
+			     ms.max_bytes, (unsigned long long)ms.hits,
+			     (unsigned long long)ms.negative_hits,
+			     (unsigned long long)ms.misses, (unsigned long long)ms.evictions);
+	}
+	if (n < 0)
+		return -ENOMEM;
+	free(*reply);
+	*reply = s;
+	return 0;
+}
+
 /* "prefix ARG": ARG (the rest of the line, may hold blanks), else NULL */
 static const char *cmd_arg(const char *cmd, const char *prefix)
 {
@@ -192,7 +229,7 @@ int fs_ctl_handler(void *arg, const char *cmd, char **reply)
 			*reply = strdup(json ? "{\"enabled\":false}\n" : "enabled: no\n");
 		else if ((ret = cache_stats_format(fs->cache, json, reply)))
 			return ret;
-		return *reply ? 0 : -ENOMEM;
+		return *reply ? add_meta_stats(fs, json, reply) : -ENOMEM;
 	}
 	if ((a = cmd_arg(cmd, "evict"))) {
 		if (!fs->cache)

@@ -90,6 +90,12 @@ struct fs_opts {
 	size_t journal_mem;     /* obsolete, parsed and ignored */
 	size_t journal_max;     /* unretired bytes per file before an fsync */
 	double journal_age;     /* seconds an unretired change may wait */
+	double meta_ttl;        /* metadata cache: seconds, INFINITY, 0 = off
+				 * (-1 until fs_opts_resolve_meta) */
+	size_t meta_max;        /* bytes of metadata cache */
+	bool immutable;         /* the dataset changes only through us */
+	bool readonly;          /* mounted ro */
+	unsigned set_timeouts;  /* given: 1 attr, 2 entry, 4 negative */
 	struct cache_config cache; /* tiered block cache (cache/cache.h); no
 				    * tier configured = no cache */
 	bool foreground;
@@ -117,6 +123,9 @@ const char *fs_profile_name(enum fs_engine_profile p);
  * it answers and so loses nothing acknowledged when it dies.
  */
 bool fs_opts_journals(const struct fs_opts *o);
+/* Settle meta_ttl and the kernel cache timeouts that depend on it (done
+ * by fs_opts_parse). */
+void fs_opts_resolve_meta(struct fs_opts *o);
 int fs_profile_parse(const char *name, enum fs_engine_profile *out);
 void fs_usage(const char *prog);
 
@@ -223,6 +232,10 @@ int fs_inode_path(struct fs_inode_table *t, uint64_t ino, const char *name,
  * that is about to lose that name: -ENOENT when it has no other. */
 int fs_inode_path_except(struct fs_inode_table *t, uint64_t ino,
 			 uint64_t parent, const char *name, char *buf, size_t len);
+/* Call fn with the path of every name of `ino` (under the table lock:
+ * fn must not call back into the table).  Returns how many. */
+int fs_inode_each_path(struct fs_inode_table *t, uint64_t ino,
+		       void (*fn)(const char *rel, void *arg), void *arg);
 /* Is (parent, name) the name fs_inode_path() goes through? */
 bool fs_inode_is_first_name(struct fs_inode_table *t, uint64_t ino,
 			    uint64_t parent, const char *name);

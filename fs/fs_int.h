@@ -16,6 +16,7 @@
 #include "fs/engine.h"
 #include "fs/fs.h"
 #include "fs/handle.h"
+#include "fs/meta.h"
 
 /* ---------------------------------------------------------------- ctl */
 
@@ -47,6 +48,7 @@ struct fs {
 	struct fs_ctl *ctl;
 	struct fuse_session *se;
 	struct cache *cache;    /* NULL = no cache configured */
+	struct fs_meta *meta;   /* NULL = no metadata cache (meta_ttl 0) */
 	struct fs_prom *prom;   /* Prometheus textfile writer, or NULL */
 	struct fs_checkpointer *checkpointer;   /* journal age bound, or NULL */
 

@@ -135,7 +135,7 @@ static int handle_reopen(struct fs *fs, struct fs_handle *h,
 		ret = -errno;
 		if (loss_errno(ret))
 			return ret;
-		fs_log(FS_LOG_ERR, "cannot reopen after engine restart, its handle now fails with EIO: %s: %s",
+		fs_log(FS_LOG_ERR, "cannot open on the engine, its handle now fails with EIO: %s: %s",
 		       rel, strerror(-ret));
 		h->broken = -EIO;
 		return h->broken;
@@ -217,7 +217,8 @@ int fs_recover_handles(void *arg, struct fs_backend *b)
 		if (h->dir)
 			continue;       /* directory handles live on snapshots */
 		pthread_rwlock_wrlock(&h->lock);
-		if (h->gen < b->gen && !h->broken) {
+		/* a handle never opened on the engine opens when first used */
+		if (h->gen < b->gen && !h->broken && h->fd >= 0) {
 			fs_engine_watch_begin(fs->engine);
 			ret = handle_reopen(fs, h, b);
 			fs_engine_watch_end(fs->engine);

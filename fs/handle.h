@@ -47,14 +47,9 @@
 
 #include "fs/engine.h"
 #include "fs/fs.h"
+#include "fs/meta.h"
 
 struct fs;
-
-struct fs_dirent {
-	char *name;
-	ino_t ino;
-	unsigned char type;
-};
 
 /*
  * One backend file with open file handles (one node: every name of a hard

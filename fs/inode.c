@@ -30,6 +30,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -658,6 +659,24 @@ int fs_inode_path_except(struct fs_inode_table *t, uint64_t ino,
 		ret = path_from(t, nm, NULL, buf, len);
 	pthread_rwlock_unlock(&t->lock);
 	return ret;
+}
+
+int fs_inode_each_path(struct fs_inode_table *t, uint64_t ino,
+		       void (*fn)(const char *rel, void *arg), void *arg)
+{
+	char buf[PATH_MAX];
+	struct fs_inode *in;
+	int n = 0;
+
+	pthread_rwlock_rdlock(&t->lock);
+	in = inode_get(t, ino);
+	for (struct fs_name *nm = in ? in->names : NULL; nm; nm = nm->next)
+		if (!path_from(t, nm, NULL, buf, sizeof(buf))) {
+			fn(buf, arg);
+			n++;
+		}
+	pthread_rwlock_unlock(&t->lock);
+	return n;
 }
 
 bool fs_inode_is_first_name(struct fs_inode_table *t, uint64_t ino,

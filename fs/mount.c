@@ -29,6 +29,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "fs/fs_int.h"
 
@@ -51,6 +52,25 @@ static int mkdir_p(const char *path, mode_t mode)
 	if (mkdir(buf, mode) && errno != EEXIST)
 		return -errno;
 	return 0;
+}
+
+/* What the persisted metadata cache belongs to: engine and source. */
+static uint64_t meta_tag(const struct fs_opts *o)
+{
+	XXH3_state_t *st = XXH3_createState();
+	const char *p = fs_profile_name(o->profile);
+	uint64_t h = 0;
+
+	if (!st)
+		return 0;
+	XXH3_64bits_reset(st);
+	XXH3_64bits_update(st, p, strlen(p) + 1);
+	XXH3_64bits_update(st, o->source, strlen(o->source) + 1);
+	if (o->engine_cmd)
+		XXH3_64bits_update(st, o->engine_cmd, strlen(o->engine_cmd) + 1);
+	h = XXH3_64bits_digest(st);
+	XXH3_freeState(st);
+	return h;
 }
 
 static void cache_log(enum tier_log_level level, const char *msg)
@@ -309,6 +329,17 @@ int fs_new(struct fs **out, struct fs_opts *o, char *err, size_t errlen)
 		snprintf(err, errlen, "out of memory");
 		goto out_free;
 	}
+	/* the metadata cache, and what the last proxy of this mount knew */
+	if (o->meta_ttl > 0) {
+		char mpath[4200];
+
+		if ((ret = fs_meta_new(&fs->meta, o->meta_ttl, o->meta_max))) {
+			snprintf(err, errlen, "out of memory");
+			goto out_free;
+		}
+		snprintf(mpath, sizeof(mpath), "%s/meta.cache", fs->dir);
+		fs_meta_load(fs->meta, mpath, meta_tag(o));
+	}
 	/* root attributes until the engine first answers: the mountpoint's own */
 	if (stat(o->mountpoint, &fs->root_stat)) {
 		ret = -errno;
@@ -415,6 +446,15 @@ int fs_run(struct fs *fs, int fuse_argc, char **fuse_argv)
 	ret = serve(fs);
 	fs_log(FS_LOG_INFO, "unmounting %s", fs->o->mountpoint);
 	fs_checkpointer_stop(fs);
+	if (fs->meta) {
+		char mpath[4200];
+		int r;
+
+		snprintf(mpath, sizeof(mpath), "%s/meta.cache", fs->dir);
+		if ((r = fs_meta_save(fs->meta, mpath, meta_tag(fs->o))))
+			fs_log(FS_LOG_WARN, "cannot save the metadata cache: %s: %s", mpath,
+			       strerror(-r));
+	}
 	fs_ctl_free(fs->ctl);
 	fs->ctl = NULL;
 	fs_engine_shutdown(fs->engine);
@@ -439,6 +479,8 @@ void fs_free(struct fs *fs)
 	fs_cache_detach_all(fs);
 	cache_free(fs->cache);
 	fs->cache = NULL;
+	fs_meta_free(fs->meta);
+	fs->meta = NULL;
 	fs_engine_free(fs->engine);
 	fs_handle_table_free(fs->handles);
 	fs_inode_table_free(fs->inodes);

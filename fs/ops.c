@@ -69,6 +69,7 @@
  */
 #include "config.h"
 
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -157,6 +158,30 @@ void fs_reply_entry(fuse_req_t req, struct fs *fs, uint64_t parent,
 		fuse_reply_err(req, -ret);
 	else if (fuse_reply_entry(req, &e) == -ENOENT)
 		fs_inode_forget(fs->inodes, e.ino, 1);  /* interrupted */
+}
+
+int fs_meta_lookup(struct fs *fs, const char *rel, struct stat *st)
+{
+	int ret;
+
+	if (!fs->meta)
+		return -EAGAIN;
+	ret = fs_meta_attr(fs->meta, rel, st, false);
+	if (ret == -EAGAIN && fs_engine_offline(fs->engine))
+		ret = fs_meta_attr(fs->meta, rel, st, true);
+	return ret;
+}
+
+static void meta_drop_cb(const char *rel, void *arg)
+{
+	fs_meta_drop(arg, rel);
+}
+
+void fs_meta_drop_ino(struct fs *fs, uint64_t ino)
+{
+	/* every name: the metadata cache keys a hard-linked file's names apart */
+	if (fs->meta)
+		fs_inode_each_path(fs->inodes, ino, meta_drop_cb, fs->meta);
 }
 
 bool fs_offline_attr(struct fs *fs, uint64_t ino, struct stat *st)

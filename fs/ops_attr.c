@@ -47,14 +47,22 @@ void fs_op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	}
 	if ((ret = fs_inode_path(fs->inodes, parent, name, rel, sizeof(rel))))
 		goto out;
-	if (fs_offline_attr(fs, fs_inode_find(fs->inodes, parent, name), &st))
+	if ((ret = fs_meta_lookup(fs, rel, &st)) != -EAGAIN)
 		goto out;
+	if (fs_offline_attr(fs, fs_inode_find(fs->inodes, parent, name), &st)) {
+		ret = 0;
+		goto out;
+	}
 	do {
 		if ((ret = fs_call_enter(&c)))
 			break;
 		ret = fs_stat_rel(&c, rel, &st);
 		gen = c.b->gen;
 	} while (fs_call_again(&c, ret));
+	if (!ret)
+		fs_meta_set_attr(fs->meta, rel, &st);
+	else if (ret == -ENOENT)
+		fs_meta_set_missing(fs->meta, rel);
 out:
 	if (ret == -ENOENT && fs->o->negative_timeout > 0) {
 		struct fuse_entry_param e = { .entry_timeout = fs->o->negative_timeout };
@@ -106,15 +114,19 @@ void fs_op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_attr(req, &st, 0);
 		return;
 	}
-	if (fs_offline_attr(fs, ino, &st))
-		goto reply;
 	if ((ret = fs_inode_path(fs->inodes, ino, NULL, rel, sizeof(rel))))
 		goto out;
+	if (!fs_meta_lookup(fs, rel, &st))
+		goto reply;
+	if (fs_offline_attr(fs, ino, &st))
+		goto reply;
 	do {
 		if ((ret = fs_call_enter(&c)))
 			break;
 		ret = fs_stat_rel(&c, rel, &st);
 	} while (fs_call_again(&c, ret));
+	if (!ret)
+		fs_meta_set_attr(fs->meta, rel, &st);
 out:
 	if (ret) {
 		fuse_reply_err(req, -ret);
@@ -213,6 +225,10 @@ void fs_op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	}
 	if (!ret && (valid & FUSE_SET_ATTR_SIZE))
 		fs_cache_truncate_all(fs, ino, rel, attr->st_size);
+	if (!ret)
+		fs_meta_set_attr(fs->meta, rel, &a.st);
+	else
+		fs_meta_drop(fs->meta, rel);
 out:
 	if (ret) {
 		fuse_reply_err(req, -ret);

@@ -88,6 +88,20 @@ static int snapshot(struct fs *fs, struct fs_handle *h)
 
 	if ((ret = fs_inode_path(fs->inodes, h->ino, NULL, rel, sizeof(rel))))
 		return ret;
+	if (fs->meta) {
+		struct fs_dirent *v;
+		size_t n;
+
+		ret = fs_meta_listing(fs->meta, rel, &v, &n, false);
+		if (ret == -EAGAIN && fs_engine_offline(fs->engine))
+			ret = fs_meta_listing(fs->meta, rel, &v, &n, true);
+		if (!ret) {
+			free_snapshot(h);
+			h->ents = v;
+			h->nents = n;
+			return 0;
+		}
+	}
 	do {
 		struct fs_dirent *v;
 		size_t n;
@@ -108,6 +122,7 @@ static int snapshot(struct fs *fs, struct fs_handle *h)
 		closedir(dir);
 		if (ret)
 			continue;
+		fs_meta_set_listing(fs->meta, rel, v, n);
 		free_snapshot(h);
 		h->ents = v;
 		h->nents = n;
@@ -152,14 +167,22 @@ static size_t add_entry(fuse_req_t req, struct fs *fs, fuse_ino_t ino,
 		uint64_t gen = 0;
 		int r;
 
-		if (snprintf(rel, sizeof(rel), "%s/%s", dirrel, d->name) >= (int)sizeof(rel))
-			r = -ENAMETOOLONG;
-		else do {
-			if ((r = fs_call_enter(&c)))
-				break;
-			r = fs_stat_rel(&c, rel, &st);
-			gen = c.b->gen;
-		} while (fs_call_again(&c, r));
+		if (!strcmp(dirrel, "."))
+			r = snprintf(rel, sizeof(rel), "%s", d->name) >= (int)sizeof(rel) ?
+			    -ENAMETOOLONG : 0;
+		else
+			r = snprintf(rel, sizeof(rel), "%s/%s", dirrel, d->name) >= (int)sizeof(rel) ?
+			    -ENAMETOOLONG : 0;
+		if (!r && (r = fs_meta_lookup(fs, rel, &st)) == -EAGAIN) {
+			do {
+				if ((r = fs_call_enter(&c)))
+					break;
+				r = fs_stat_rel(&c, rel, &st);
+				gen = c.b->gen;
+			} while (fs_call_again(&c, r));
+			if (!r)
+				fs_meta_set_attr(fs->meta, rel, &st);
+		}
 		/* a vanished entry is listed without attributes */
 		if (r || fs_make_entry(fs, ino, d->name, &st, gen, &e))
 			e.ino = 0;

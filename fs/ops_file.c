@@ -20,25 +20,26 @@
 #include "fs/ops_int.h"
 
 /*
- * A read-only open of a file wholly in the block cache while the engine is
- * offline: a handle without a backend fd, of generation 0, so that cache
- * hits serve every read and anything that needs the engine reopens the file
- * by path once it is back, as for any handle after a restart.  *st gets the
- * attributes the cache was checked against.  NULL: take the normal path.
+ * A read-only open that needs no engine round trip: a handle without a
+ * backend fd, of generation 0, which fs_handle_enter() opens by path on the
+ * first read the block cache cannot serve, as it reopens any handle after
+ * a restart.  That is possible when the metadata cache knows the file's
+ * attributes (they are what the block cache is checked against), or while
+ * the engine is offline for a file wholly in the block cache.  *st gets
+ * the attributes.  NULL: take the normal path.
  */
-static struct fs_handle *offline_handle(struct fs *fs, uint64_t ino, const char *rel,
-					struct fuse_file_info *fi, struct stat *st)
+static struct fs_handle *lazy_handle(struct fs *fs, uint64_t ino, const char *rel,
+				     struct fuse_file_info *fi, struct stat *st)
 {
-	struct fs_handle *h;
+	bool known;
 
-	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC) ||
-	    !fs_offline_attr(fs, ino, st) || !S_ISREG(st->st_mode) ||
-	    !cache_holds_file(fs->cache, rel, st->st_size, fs_mtime_ns(st)))
+	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC))
 		return NULL;
-	h = fs_handle_alloc(ino, fi->flags, false);
-	if (h)
-		fs_log(FS_LOG_DEBUG, "opened from the cache, engine offline: %s", rel);
-	return h;
+	known = !fs_meta_lookup(fs, rel, st) && S_ISREG(st->st_mode);
+	if (!known && !(fs_offline_attr(fs, ino, st) && S_ISREG(st->st_mode) &&
+			cache_holds_file(fs->cache, rel, st->st_size, fs_mtime_ns(st))))
+		return NULL;
+	return fs_handle_alloc(ino, fi->flags, false);
 }
 
 static void open_common(fuse_req_t req, fuse_ino_t parent, const char *name,
@@ -63,7 +64,7 @@ static void open_common(fuse_req_t req, fuse_ino_t parent, const char *name,
 		ret = fs_inode_path(fs->inodes, parent, NULL, prel, sizeof(prel));
 	if (ret)
 		goto out;
-	if (!creating && (h = offline_handle(fs, ino, rel, fi, &st)))
+	if (!creating && (h = lazy_handle(fs, ino, rel, fi, &st)))
 		goto opened;
 	do {
 		int flags = (fi->flags & ~O_APPEND) | O_CLOEXEC;
@@ -96,6 +97,11 @@ static void open_common(fuse_req_t req, fuse_ino_t parent, const char *name,
 	} while (fs_call_again(&c, ret));
 	if (ret)
 		goto out;
+	if (creating || (fi->flags & O_TRUNC)) {
+		fs_meta_changed(fs->meta, rel);
+		if (creating)
+			fs_meta_set_attr(fs->meta, rel, &st);
+	}
 	if (creating) {
 		if ((ret = fs_make_entry(fs, parent, name, &st, h->gen, &e))) {
 			fs_handle_put(fs->handles, h);
@@ -169,8 +175,10 @@ void fs_op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
 		return;
 	}
 	ret = fs_handle_write(fs, h, buf, size, off);
-	if (!ret)
+	if (!ret) {
 		fs_cache_after_write(fs, h, buf, size, off);
+		fs_meta_drop_ino(fs, h->ino);
+	}
 	if (ret)
 		fuse_reply_err(req, -ret);
 	else
@@ -280,6 +288,8 @@ void fs_op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off,
 	/* holes, zeroed ranges or a new size: simply drop the file's blocks */
 	if (!ret && fs->cache)
 		fs_cache_evict_ino(fs, h->ino);
+	if (!ret)
+		fs_meta_drop_ino(fs, h->ino);
 	fs_handle_put(fs->handles, h);
 	fuse_reply_err(req, -ret);
 }
@@ -356,6 +366,8 @@ void fs_op_copy_file_range(fuse_req_t req, fuse_ino_t ino_in, off_t off_in,
 			done += n;
 		}
 	}
+	if (done)
+		fs_meta_drop_ino(fs, out->ino);
 out:
 	if (in)
 		fs_handle_put(fs->handles, in);

@@ -68,6 +68,15 @@ void fs_reply_entry(fuse_req_t req, struct fs *fs, uint64_t parent,
  * True with *st filled when that applies to `ino`.
  */
 bool fs_offline_attr(struct fs *fs, uint64_t ino, struct stat *st);
+/*
+ * The metadata cache's answer for `rel` (fs/meta.h): 0 with *st, -ENOENT,
+ * or -EAGAIN to ask the engine.  While the engine is offline, expired
+ * entries answer too.
+ */
+int fs_meta_lookup(struct fs *fs, const char *rel, struct stat *st);
+/* The attributes of `ino` changed: forget what the metadata cache has for
+ * every name of it. */
+void fs_meta_drop_ino(struct fs *fs, uint64_t ino);
 /* Make the fresh backend object `rel` (in directory `parent_rel`) belong to
  * the calling user; *st is refreshed when that changed it. */
 int fs_own(struct fs *fs, const struct fs_call *c, fuse_req_t req,

@@ -61,6 +61,10 @@ static void make_node(fuse_req_t req, fuse_ino_t parent, const char *name,
 		if (!ret)
 			ret = fs_own(fs, &c, req, rel, prel, &st);
 	} while (fs_call_again(&c, ret));
+	if (!ret) {
+		fs_meta_changed(fs->meta, rel);
+		fs_meta_set_attr(fs->meta, rel, &st);
+	}
 out:
 	if (ret)
 		fuse_reply_err(req, -ret);
@@ -159,6 +163,13 @@ void fs_op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 				fs_inode_unlink(fs->inodes, parent, name);
 		}
 	} while (fs_call_again(&c, ret));
+	if (!ret) {
+		fs_meta_changed(fs->meta, rel);
+		fs_meta_set_missing(fs->meta, rel);
+		/* the file's link count changed for its other names */
+		if (ino && fs_inode_nnames(fs->inodes, ino))
+			fs_meta_drop_ino(fs, ino);
+	}
 	if (!ret && fs->cache) {
 		/* a silly rename, or the loss of a file's first name, moved the
 		 * path (the cache key) of its open handles */
@@ -186,8 +197,12 @@ void fs_op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 		if (ret == -ENOENT && c.attempt)
 			ret = 0;
 	} while (fs_call_again(&c, ret));
-	if (!ret)
+	if (!ret) {
 		fs_inode_unlink(fs->inodes, parent, name);
+		fs_meta_drop_tree(fs->meta, rel);
+		fs_meta_changed(fs->meta, rel);
+		fs_meta_set_missing(fs->meta, rel);
+	}
 	if (!ret && fs->cache)
 		cache_evict(fs->cache, rel);
 out:
@@ -232,6 +247,15 @@ void fs_op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 			ret = 0;        /* the first try moved it */
 	} while (fs_call_again(&c, ret));
 	if (!ret) {
+		uint64_t victim = fs_inode_find(fs->inodes, newparent, newname);
+
+		/* a file renamed over keeps its other names, with one link less */
+		if (victim)
+			fs_meta_drop_ino(fs, victim);
+		fs_meta_drop_tree(fs->meta, rel);
+		fs_meta_drop_tree(fs->meta, nrel);
+		fs_meta_changed(fs->meta, rel);
+		fs_meta_changed(fs->meta, nrel);
 		if (flags & RENAME_EXCHANGE)
 			fs_inode_exchange(fs->inodes, parent, name, newparent, newname);
 		else
@@ -274,6 +298,8 @@ out:
 		fuse_reply_err(req, -ret);
 		return;
 	}
+	fs_meta_changed(fs->meta, nrel);
+	fs_meta_drop_ino(fs, ino);      /* its link count changed */
 	/* the new name is another name of the same node: one inode, one
 	 * page cache and one journal for the kernel and for us */
 	if ((ret = fs_inode_link(fs->inodes, ino, newparent, newname, &st, gen))) {

@@ -53,7 +53,29 @@ void fs_opts_init(struct fs_opts *o)
 	o->journal_max = 64u << 20;
 	o->journal_age = 5;
 	o->journal = FS_JOURNAL_AUTO;
+	o->meta_ttl = -1;
+	o->meta_max = 64u << 20;
 	cache_config_init(&o->cache);
+}
+
+/*
+ * meta_ttl=-1 (not given): unbounded on an immutable dataset (immutable=1
+ * or a ro mount), else off.  Where entries never expire, the kernel may
+ * cache as long too: Fluid's tuning guides set attr_timeout and
+ * entry_timeout to 7200 for training; timeouts given explicitly stay.
+ */
+void fs_opts_resolve_meta(struct fs_opts *o)
+{
+	if (o->meta_ttl < 0)
+		o->meta_ttl = o->immutable || o->readonly ? INFINITY : 0;
+	if (!isinf(o->meta_ttl))
+		return;
+	if (!(o->set_timeouts & 1))
+		o->attr_timeout = 7200;
+	if (!(o->set_timeouts & 2))
+		o->entry_timeout = 7200;
+	if (!(o->set_timeouts & 4))
+		o->negative_timeout = 7200;
 }
 
 bool fs_opts_journals(const struct fs_opts *o)
@@ -105,6 +127,10 @@ void fs_usage(const char *prog)
 	       "                         engine crash (auto: on, off for engine=bindfs)\n"
 	       "  journal_max=SIZE       unretired journal per file that forces an fsync (64M)\n"
 	       "  journal_age=SECONDS    age of an unretired change that forces an fsync (5)\n"
+	       "  meta_ttl=SECONDS       keep attributes, missing names and listings this\n"
+	       "                         long (inf; default: inf when ro or immutable, else 0)\n"
+	       "  immutable=0|1          the dataset changes only through this mount (0)\n"
+	       "  meta_max=SIZE          memory for the metadata cache (64M)\n"
 	       "\n"
 	       "block cache options (-o, see lazarusfs.conf(5); no tier = no cache):\n"
 	       "  tierN=MEDIUM:PATH[|PATH...]:QUOTA   e.g. tier0=MEM:/dev/shm/lz:1G\n"
@@ -201,6 +227,7 @@ static int parse_own(struct fs_opts *o, const char *key, const char *v,
 		{ "entry_timeout", offsetof(struct fs_opts, entry_timeout) },
 		{ "negative_timeout", offsetof(struct fs_opts, negative_timeout) },
 		{ "journal_age", offsetof(struct fs_opts, journal_age) },
+		{ "meta_ttl", offsetof(struct fs_opts, meta_ttl) },
 	};
 	static const struct {
 		const char *name;
@@ -212,7 +239,8 @@ static int parse_own(struct fs_opts *o, const char *key, const char *v,
 		{ "state_dir", offsetof(struct fs_opts, state_dir) },
 	};
 	bool ours = !strcmp(key, "engine") || !strcmp(key, "journal_mem") ||
-		    !strcmp(key, "journal_max") || !strcmp(key, "journal");
+		    !strcmp(key, "journal_max") || !strcmp(key, "journal") ||
+		    !strcmp(key, "meta_max") || !strcmp(key, "immutable");
 
 	for (size_t i = 0; i < sizeof(secs) / sizeof(*secs); i++)
 		ours |= !strcmp(key, secs[i].name);
@@ -245,6 +273,27 @@ static int parse_own(struct fs_opts *o, const char *key, const char *v,
 		snprintf(err, errlen, "invalid value for journal: '%s' (want auto, on or off)", v);
 		return -EINVAL;
 	}
+	if (!strcmp(key, "immutable")) {
+		if (strcmp(v, "0") && strcmp(v, "1")) {
+			snprintf(err, errlen, "invalid value for immutable: '%s' (want 0 or 1)", v);
+			return -EINVAL;
+		}
+		o->immutable = v[0] == '1';
+		return 0;
+	}
+	if (!strcmp(key, "meta_max"))
+		return parse_size(key, v, &o->meta_max, err, errlen);
+	if (!strcmp(key, "meta_ttl") && !strcmp(v, "inf")) {
+		o->meta_ttl = INFINITY;
+		return 0;
+	}
+	/* the kernel's caches get longer defaults on immutable datasets */
+	if (!strcmp(key, "attr_timeout"))
+		o->set_timeouts |= 1;
+	else if (!strcmp(key, "entry_timeout"))
+		o->set_timeouts |= 2;
+	else if (!strcmp(key, "negative_timeout"))
+		o->set_timeouts |= 4;
 	/* obsolete (the journal lives in state_dir); still accepted */
 	if (!strcmp(key, "journal_mem"))
 		return parse_size(key, v, &o->journal_mem, err, errlen);
@@ -309,8 +358,15 @@ static int parse_one(struct fs_opts *o, const char *opt, bool *explicit_profile,
 		return ret == -ENOMEM ? ret : ret < 0 ? -EINVAL : 0;
 	}
 	ret = cache_config_set(&o->cache, key, v, err, errlen);
-	if (ret == -ENOENT)
+	if (ret == -ENOENT) {
+		/* a kernel option, passed on; a read-only mount is a dataset
+		 * nobody writes through us */
+		if (!strcmp(key, "ro"))
+			o->readonly = true;
+		else if (!strcmp(key, "rw"))
+			o->readonly = false;
 		return 1;
+	}
 	return ret == -ENOMEM ? ret : ret < 0 ? -EINVAL : 0;
 }
 
@@ -456,6 +512,7 @@ int fs_opts_parse(struct fs_opts *o, int argc, char **argv, int *fuse_argc,
 		ret = -EINVAL;
 		goto out;
 	}
+	fs_opts_resolve_meta(o);
 	mnt = realpath(positional[1], NULL);
 	if (!mnt) {
 		ret = -errno;
