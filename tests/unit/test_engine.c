@@ -15,6 +15,7 @@
 #ifdef HAVE_CONFIG_H
 #include "config.h"
 #endif
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
@@ -283,6 +284,47 @@ static void test_kill_during_recovery_restarts_at_once(void **state)
 	engine_done(e);
 }
 
+/*
+ * kill() returns before a group stop is complete: one thread takes the
+ * SIGSTOP and only then wakes the others, so a thread of the engine can
+ * still answer a request sent right after kill().  Wait until every
+ * thread of pid is stopped.
+ */
+static void wait_stopped(pid_t pid)
+{
+	char path[64], buf[512], *p;
+	struct dirent *d;
+	int stopped, fd;
+	ssize_t n;
+	DIR *dp;
+
+	for (int i = 0; i < 2000; i++) {
+		snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+		dp = opendir(path);
+		assert_non_null(dp);
+		stopped = 1;
+		while (stopped && (d = readdir(dp))) {
+			if (d->d_name[0] == '.')
+				continue;
+			snprintf(path, sizeof(path), "/proc/%d/task/%s/stat", (int)pid, d->d_name);
+			fd = open(path, O_RDONLY);
+			if (fd < 0)
+				continue;       /* the thread just exited */
+			n = read(fd, buf, sizeof(buf) - 1);
+			close(fd);
+			buf[n > 0 ? n : 0] = 0;
+			/* the state follows the ")" that ends the command name */
+			p = strrchr(buf, ')');
+			stopped = p && p[1] == ' ' && p[2] == 'T';
+		}
+		closedir(dp);
+		if (stopped)
+			return;
+		usleep(1000);
+	}
+	fail_msg("engine pid %d did not stop", (int)pid);
+}
+
 static void test_hang_killed_by_watchdog(void **state)
 {
 	struct fs_backend *b;
@@ -298,6 +340,7 @@ static void test_hang_killed_by_watchdog(void **state)
 	assert_int_equal(fs_engine_enter(e, &b), 0);
 	pid = engine_pid(e);
 	assert_int_equal(kill(-pid, SIGSTOP), 0);
+	wait_stopped(pid);
 	t0 = fs_engine_now();
 	/* stuck until the watchdog kills the engine and aborts its connection */
 	ret = fstatat(b->rootfd, "nothing-here", &st, 0) ? errno : 0;
