@@ -6,7 +6,8 @@ PKGS="gcc make autoconf automake libtool pkg-config
 fuse3 libfuse3-dev liburing-dev libxxhash-dev libcmocka-dev libcurl4-openssl-dev
 libgrpc-dev libprotobuf-c-dev protobuf-c-compiler python3 python3-grpcio python3-protobuf
 bindfs sshfs openssh-server openssh-client fio rclone gnuplot-nox
-attr psmisc procps jq openssl util-linux ca-certificates"
+attr psmisc procps jq openssl util-linux ca-certificates
+git debhelper dpkg-dev lintian"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
