@@ -35,6 +35,7 @@ int fs_ctl_handler(void *arg, const char *cmd, char **reply);
 
 struct fs_prom;
 struct fs_checkpointer;
+struct fs_closer;
 
 struct fs {
 	/* immutable while requests run */
@@ -51,6 +52,7 @@ struct fs {
 	struct fs_meta *meta;   /* NULL = no metadata cache (meta_ttl 0) */
 	struct fs_prom *prom;   /* Prometheus textfile writer, or NULL */
 	struct fs_checkpointer *checkpointer;   /* journal age bound, or NULL */
+	struct fs_closer *closer;       /* closes backend fds, or NULL */
 
 	pthread_mutex_t root_lock;      /* a leaf */
 	struct stat root_stat;          /* protected by root_lock */
@@ -68,6 +70,13 @@ void fs_root_attr_load(struct fs *fs);
 /* Close the cache files of every handle still open (at unmount, before
  * cache_free(): the kernel sends no release for them then). */
 void fs_cache_detach_all(struct fs *fs);
+
+/* Backend fds closed off the request path (fs/closer.c): started after
+ * the engine supervisor, stopped (after closing everything queued) before
+ * it.  Without a closer, fs_closer_push() closes at once. */
+int fs_closer_start(struct fs *fs);
+void fs_closer_push(struct fs *fs, int fd);
+void fs_closer_stop(struct fs *fs);
 
 /* The Prometheus textfile of a mount (fs/prom.c): written every few
  * seconds to `path` by a thread of its own, removed by fs_prom_free(). */

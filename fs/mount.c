@@ -437,6 +437,9 @@ int fs_run(struct fs *fs, int fuse_argc, char **fuse_argv)
 		fs_log(FS_LOG_ERR, "cannot start the engine supervisor: %s", strerror(-ret));
 		goto out_unmount;
 	}
+	if ((ret = fs_closer_start(fs)))
+		fs_log(FS_LOG_WARN, "cannot start the closer, releases close inline: %s",
+		       strerror(-ret));
 	if ((ret = fs_checkpointer_start(fs)))
 		fs_log(FS_LOG_WARN, "cannot start the journal checkpointer, journal_age is not enforced: %s",
 		       strerror(-ret));
@@ -446,6 +449,7 @@ int fs_run(struct fs *fs, int fuse_argc, char **fuse_argv)
 	ret = serve(fs);
 	fs_log(FS_LOG_INFO, "unmounting %s", fs->o->mountpoint);
 	fs_checkpointer_stop(fs);
+	fs_closer_stop(fs);
 	if (fs->meta) {
 		char mpath[4200];
 		int r;

@@ -244,6 +244,7 @@ void fs_op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	char rel[PATH_MAX];
 	bool wrote = false;
 	struct stat st;
+	int fd;
 
 	if (!h) {
 		fuse_reply_err(req, EBADF);
@@ -252,18 +253,29 @@ void fs_op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	/* writes not yet covered by a flush (mmap, a failed flush) */
 	if (fs_handle_dirty(fs, h))
 		fs_handle_sync(fs, h, FS_SYNC_FSYNC);
-	/* closing a backend fd talks to the engine: watch it for hangs */
 	pthread_rwlock_wrlock(&h->lock);
-	if (h->fd >= 0) {
-		fs_engine_watch_begin(fs->engine);
+	fd = h->fd;
+	h->fd = -1;
+	pthread_rwlock_unlock(&h->lock);
+	if (fd >= 0) {
 		/* the attributes our writes left, so that the next open keeps
 		 * the blocks (a dead generation's fd just fails here) */
-		wrote = fs->cache && atomic_load(&h->wrote) && !fstat(h->fd, &st);
-		close(h->fd);
-		fs_engine_watch_end(fs->engine);
-		h->fd = -1;
+		if (fs->cache && atomic_load(&h->wrote)) {
+			fs_engine_watch_begin(fs->engine);
+			wrote = !fstat(fd, &st);
+			fs_engine_watch_end(fs->engine);
+		}
+		/* the close is a round trip to the engine: off this path, but
+		 * for a silly-renamed file whose removal may follow (an engine
+		 * would keep a removed file that is still open) */
+		if (fs_inode_is_silly(fs->inodes, h->ino)) {
+			fs_engine_watch_begin(fs->engine);
+			close(fd);
+			fs_engine_watch_end(fs->engine);
+		} else {
+			fs_closer_push(fs, fd);
+		}
 	}
-	pthread_rwlock_unlock(&h->lock);
 	fs_cache_detach(h, wrote ? &st : NULL);
 	fs_handle_remove(fs->handles, fi->fh);
 	fs_engine_count_handle(fs->engine, -1);
