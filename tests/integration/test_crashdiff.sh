@@ -34,8 +34,8 @@
 CD=$SRC_DIR/tests/integration/crashdiff.py
 SEED=${CD_SEED:-20261}
 [ "$SEED" = random ] && SEED=$((RANDOM * 32768 + RANDOM))
-OPS=${CD_OPS:-2000}
-KILLS=${CD_KILLS:-25}
+OPS=${CD_OPS:-3000}
+KILLS=${CD_KILLS:-40}
 ENGINES=${CD_ENGINES:-bufengine sshfs mergerfs bindfs-journal bindfs bufengine-slow-rename}
 echo "crashdiff seed $SEED, $OPS operations and $KILLS kills per engine (reproduce with CD_SEED=$SEED)"
 
@@ -57,8 +57,10 @@ run() {
 	bindfs) opts="engine=bindfs" journaled=0 ;;
 	bufengine-slow-rename)
 		# strace delays the return of every rename the engine makes by
-		# 1 s: done on the storage, answered late
-		opts="engine_cmd=strace -f -qq -o /dev/null -e trace=rename\\,renameat\\,renameat2"
+		# 1 s: done on the storage, answered late (LeakSanitizer cannot
+		# work under ptrace)
+		opts="engine_cmd=strace -f -qq -o /dev/null -E ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
+		opts="$opts -e trace=rename\\,renameat\\,renameat2"
 		opts="$opts -e inject=rename\\,renameat\\,renameat2:delay_exit=1000000"
 		opts="$opts $BUILD_DIR/tests/bufengine -f {source} {mnt}"
 		args="--slow-rename 1" ;;
