@@ -3,6 +3,7 @@ Run with /usr/bin/python3 (used by test_crashdiff.sh).
 
   crashdiff.py --mnt MNT --src SRC --ref REF --state STATE --engine NAME
                [--seed N] [--ops N] [--kills N] [--no-fixed] [--no-random]
+               [--slow-rename SECONDS] [--skip KINDS] [--hardlinks] [--verbose]
 
 MNT is a lazarusfs mount whose engine keeps its files in the local
 directory SRC (bindfs, mergerfs and bufengine over SRC, sshfs against a
@@ -551,7 +552,7 @@ def probe(w):
     fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         os.pwrite(fd, b"p" * 65536, 0)
-        for mode, name in MODES:
+        for mode, _ in MODES:
             try:
                 fallocate(fd, mode, 4096, 8192 if mode != 0 else 70000)
                 w.modes.append(mode)
@@ -890,7 +891,7 @@ def main():
             if "otrunc" not in a.skip:
                 fixed_open_trunc(w, killer)
             fixed_fallocate(w, killer)
-        if not a.no_random:
+        if not a.no_random and not a.slow_rename:
             random_part(w, killer, random.Random(a.seed))
         for d in list(w.descs):
             w.close(d)
