@@ -5,7 +5,7 @@ set -e
 PKGS="gcc make autoconf automake libtool pkg-config
 fuse3 libfuse3-dev liburing-dev libxxhash-dev libcmocka-dev libcurl4-openssl-dev
 libgrpc-dev libprotobuf-c-dev protobuf-c-compiler python3 python3-grpcio python3-protobuf
-bindfs sshfs openssh-server openssh-client fio rclone gnuplot-nox
+bindfs sshfs mergerfs strace openssh-server openssh-client fio rclone gnuplot-nox
 attr psmisc procps jq openssl util-linux ca-certificates
 git debhelper dpkg-dev lintian"
 missing=""
