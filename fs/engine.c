@@ -58,6 +58,9 @@
 
 #include "fs/engine_int.h"
 
+/* how long an EIO waits to see whether the engine is dying */
+#define EIO_GRACE_MS 200
+
 static const char *state_name(enum fs_engine_state s)
 {
 	static const char *const n[] = { "stopped", "starting", "running",
@@ -249,6 +252,25 @@ bool fs_engine_lost(struct fs_engine *e, struct fs_backend *b, int err)
 	bool lost = err == ENOTCONN || err == ECONNABORTED;
 
 	pthread_mutex_lock(&e->lock);
+	if (!lost && err == EIO) {
+		/*
+		 * A dying engine may fail what it has in flight with EIO before
+		 * it exits (sshfs, once its ssh is gone): give the supervisor a
+		 * moment to see it go before calling the error real.
+		 */
+		struct timespec ts;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += EIO_GRACE_MS * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		while (b->gen == e->gen && e->state == FS_ENGINE_RUNNING &&
+		       !child_exited(e->pidfd) &&
+		       pthread_cond_timedwait(&e->cond, &e->lock, &ts) != ETIMEDOUT)
+			;
+	}
 	if (b->gen != e->gen || e->state != FS_ENGINE_RUNNING) {
 		lost = true;    /* the engine changed under this call */
 	} else if (!lost && (err == EIO || err == ENOENT) && child_exited(e->pidfd)) {

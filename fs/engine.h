@@ -83,7 +83,8 @@ void fs_engine_leave(struct fs_engine *e, struct fs_backend *b);
  * A backend call under `b` failed with errno `err`.  Returns true when that
  * means the engine was lost (ENOTCONN, ECONNABORTED, a dead engine, or a
  * generation that changed meanwhile); recovery is then under way and the
- * caller should leave and retry.
+ * caller should leave and retry.  An EIO waits up to 200 ms (on the
+ * engine's condition variable) for the engine to turn out dead.
  */
 bool fs_engine_lost(struct fs_engine *e, struct fs_backend *b, int err);
 bool fs_engine_running(struct fs_engine *e);

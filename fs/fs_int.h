@@ -36,6 +36,7 @@ int fs_ctl_handler(void *arg, const char *cmd, char **reply);
 struct fs_prom;
 struct fs_checkpointer;
 struct fs_closer;
+struct fs_move;
 
 struct fs {
 	/* immutable while requests run */
@@ -60,6 +61,9 @@ struct fs {
 
 	atomic_uint_fast64_t silly_seq;
 	atomic_bool readahead_tuned;
+
+	pthread_mutex_t moves_lock;     /* a leaf */
+	struct fs_move *moves;          /* protected by moves_lock */
 };
 
 const struct fuse_lowlevel_ops *fs_ops(void);
@@ -70,6 +74,16 @@ void fs_root_attr_load(struct fs *fs);
 /* Close the cache files of every handle still open (at unmount, before
  * cache_free(): the kernel sends no release for them then). */
 void fs_cache_detach_all(struct fs *fs);
+
+/*
+ * Renames in flight (fs/moves.c): a rename registers (from, to) while it
+ * runs, so that a recovery meanwhile finds a file it may have moved.
+ * fs_move_translate() gives the path `rel` has after the rename of one
+ * in flight that covers it (0), or -ENOENT.
+ */
+struct fs_move *fs_move_begin(struct fs *fs, const char *from, const char *to);
+void fs_move_end(struct fs *fs, struct fs_move *mv);
+int fs_move_translate(struct fs *fs, const char *rel, char *out, size_t len);
 
 /* Backend fds closed off the request path (fs/closer.c): started after
  * the engine supervisor, stopped (after closing everything queued) before

@@ -43,6 +43,24 @@ static bool loss_errno(int ret)
 }
 
 /*
+ * openat(rel) on generation b; where nothing is found, at the path a
+ * rename in flight moves it to (rel is updated then).  -1 with errno.
+ */
+static int open_moved(struct fs *fs, struct fs_backend *b, char *rel, size_t len,
+		      int flags)
+{
+	char moved[PATH_MAX];
+	int fd = openat(b->rootfd, rel, flags);
+
+	if (fd >= 0 || errno != ENOENT || fs_move_translate(fs, rel, moved, sizeof(moved)))
+		return fd;
+	fd = openat(b->rootfd, moved, flags);
+	if (fd >= 0)
+		snprintf(rel, len, "%s", moved);
+	return fd;
+}
+
+/*
  * Replay f's journal onto generation `b` and make it durable there (fsync),
  * once per generation.  Caller holds f->lock.  Returns 0, or an engine-loss
  * -errno (the next recovery replays again); any other failure loses the
@@ -68,7 +86,7 @@ static int file_replay(struct fs *fs, struct fs_file *f, struct fs_backend *b)
 	t0 = fs_now();
 	if ((ret = fs_inode_path(fs->inodes, f->ino, NULL, rel, sizeof(rel))))
 		goto out_lost;
-	fd = openat(b->rootfd, rel, O_WRONLY | O_CLOEXEC);
+	fd = open_moved(fs, b, rel, sizeof(rel), O_WRONLY | O_CLOEXEC);
 	if (fd < 0) {
 		ret = -errno;
 		goto out_fd;
@@ -130,7 +148,7 @@ static int handle_reopen(struct fs *fs, struct fs_handle *h,
 		h->broken = -EIO;
 		return h->broken;
 	}
-	fd = openat(b->rootfd, rel, flags);
+	fd = open_moved(fs, b, rel, sizeof(rel), flags);
 	if (fd < 0) {
 		ret = -errno;
 		if (loss_errno(ret))
@@ -492,7 +510,7 @@ int fs_handle_sync(struct fs *fs, struct fs_handle *h, enum fs_sync_kind kind)
 	return fs_handle_call(fs, h, sync_fn, &kind);
 }
 
-bool fs_handle_dirty(struct fs *fs, struct fs_handle *h)
+bool fs_handle_dirty(struct fs *fs, struct fs_handle *h, bool release)
 {
 	struct fs_file *f = h->file;
 	bool dirty;
@@ -500,7 +518,11 @@ bool fs_handle_dirty(struct fs *fs, struct fs_handle *h)
 	if (!f || !f->journal)
 		return atomic_load(&h->unflushed);
 	pthread_mutex_lock(&f->lock);
-	dirty = fs_journal_has_tag(f->journal, h->tag);
+	/* changes made by path (tag 0) belong to no handle: the release of
+	 * any handle makes them durable, so none is left behind with the
+	 * last one */
+	dirty = fs_journal_has_tag(f->journal, h->tag) ||
+		(release && fs_journal_has_tag(f->journal, 0));
 	pthread_mutex_unlock(&f->lock);
 	return dirty;
 }

@@ -189,8 +189,9 @@ enum fs_sync_kind { FS_SYNC_FLUSH, FS_SYNC_FSYNC, FS_SYNC_FDATASYNC };
  * that never wrote anything does nothing.
  */
 int fs_handle_sync(struct fs *fs, struct fs_handle *h, enum fs_sync_kind kind);
-/* Has h changes a flush or fsync has not covered yet? */
-bool fs_handle_dirty(struct fs *fs, struct fs_handle *h);
+/* Has h changes a flush or fsync has not covered yet?  For `release`,
+ * changes made to its file by path count too. */
+bool fs_handle_dirty(struct fs *fs, struct fs_handle *h, bool release);
 
 /*
  * The age bound of the journals: a thread that fsyncs every file whose

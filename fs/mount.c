@@ -296,6 +296,7 @@ int fs_new(struct fs **out, struct fs_opts *o, char *err, size_t errlen)
 		return -ENOMEM;
 	fs->o = o;
 	pthread_mutex_init(&fs->root_lock, NULL);
+	pthread_mutex_init(&fs->moves_lock, NULL);
 	fs_mount_id(o->mountpoint, fs->id);
 	if (asprintf(&fs->dir, "%s/%s", o->state_dir, fs->id) < 0 ||
 	    asprintf(&fs->journal_dir, "%s/journal", fs->dir) < 0 ||
@@ -489,6 +490,7 @@ void fs_free(struct fs *fs)
 	fs_handle_table_free(fs->handles);
 	fs_inode_table_free(fs->inodes);
 	pthread_mutex_destroy(&fs->root_lock);
+	pthread_mutex_destroy(&fs->moves_lock);
 	free(fs->journal_dir);
 	free(fs->dir);
 	free(fs);

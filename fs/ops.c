@@ -249,8 +249,10 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 		conn->want |= FUSE_CAP_PARALLEL_DIROPS;
 	if (conn->capable & FUSE_CAP_CACHE_SYMLINKS)
 		conn->want |= FUSE_CAP_CACHE_SYMLINKS;
-	if (conn->capable & FUSE_CAP_ATOMIC_O_TRUNC)
-		conn->want |= FUSE_CAP_ATOMIC_O_TRUNC;
+	/* no atomic O_TRUNC: the kernel then truncates by a setattr before
+	 * the open, and that truncate is journaled like any other (an open
+	 * cannot be journaled before it has a handle) */
+	conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
 	/* see the design comment: reads must not need the engine */
 	if (((struct fs *)userdata)->cache)
 		conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;

@@ -43,7 +43,11 @@ static int read_entries(DIR *dir, struct fs_dirent **out, size_t *count)
 	int ret = 0;
 
 	for (errno = 0; (d = readdir(dir)); errno = 0) {
-		if (fs_is_silly_name(d->d_name))
+		/* ours, and libfuse's own for a file removed while its engine
+		 * still had it open (bindfs, sshfs, s3fs do that; lazarusfs
+		 * closes its backend fds in the background, and a kill before
+		 * the engine's release leaves such a file behind) */
+		if (fs_is_silly_name(d->d_name) || !strncmp(d->d_name, ".fuse_hidden", 12))
 			continue;
 		if (n == cap) {
 			struct fs_dirent *nv;

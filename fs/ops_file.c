@@ -201,7 +201,7 @@ void fs_op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	 * empty journal means the engine has nothing of ours to flush: close()
 	 * of a reader then works even while the engine is down.
 	 */
-	if (fs_handle_dirty(fs, h))
+	if (fs_handle_dirty(fs, h, false))
 		ret = fs_handle_sync(fs, h, FS_SYNC_FLUSH);
 	fs_handle_put(fs->handles, h);
 	fuse_reply_err(req, -ret);
@@ -251,7 +251,7 @@ void fs_op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	/* writes not yet covered by a flush (mmap, a failed flush) */
-	if (fs_handle_dirty(fs, h))
+	if (fs_handle_dirty(fs, h, true))
 		fs_handle_sync(fs, h, FS_SYNC_FSYNC);
 	pthread_rwlock_wrlock(&h->lock);
 	fd = h->fd;

@@ -105,27 +105,44 @@ static void move_handles_off(struct fs *fs, const struct fs_call *c,
 		fs_handle_rebind(fs, c, ino, other);
 }
 
+/* A hidden name for open file `ino`, chosen once per operation, so that
+ * a retry after an engine crash uses the same one. */
+static void silly_name(struct fs *fs, uint64_t ino, char *silly, size_t len)
+{
+	snprintf(silly, len, FS_SILLY_PREFIX "%llx-%llx", (unsigned long long)ino,
+		 (unsigned long long)atomic_fetch_add(&fs->silly_seq, 1));
+}
+
 /*
- * Rename (parent, name) out of the way to a hidden name at the engine
- * root, because handles are still open on it.
+ * Rename (parent, name) out of the way to the hidden name `silly` at the
+ * engine root, because handles are still open on it.  A retry (c->attempt)
+ * that finds the source gone and the hidden name there counts the first
+ * try's rename as done.
  */
 static int silly_rename(struct fs *fs, struct fs_call *c, uint64_t parent,
-			const char *name, uint64_t ino)
+			const char *name, const char *silly)
 {
-	char rel[PATH_MAX], silly[NAME_MAX + 1], srel[PATH_MAX];
+	char rel[PATH_MAX], srel[PATH_MAX];
+	struct fs_move *mv;
+	struct stat st;
 	int ret;
 
 	/* at the engine root, so the old directory can still be removed */
-	snprintf(silly, sizeof(silly), FS_SILLY_PREFIX "%llx-%llx",
-		 (unsigned long long)ino,
-		 (unsigned long long)atomic_fetch_add(&fs->silly_seq, 1));
 	if ((ret = fs_inode_path(fs->inodes, parent, name, rel, sizeof(rel))) ||
 	    (ret = fs_inode_path(fs->inodes, FS_ROOT_INO, silly, srel, sizeof(srel))))
 		return ret;
-	if (renameat(c->b->rootfd, rel, c->b->rootfd, srel))
-		return -errno;
+	mv = fs_move_begin(fs, rel, srel);
+	ret = renameat(c->b->rootfd, rel, c->b->rootfd, srel) ? -errno : 0;
+	if (ret == -ENOENT && c->attempt && !fs_stat_rel(c, srel, &st))
+		ret = 0;
+	if (ret) {
+		fs_move_end(fs, mv);
+		return ret;
+	}
 	fs_log(FS_LOG_DEBUG, "silly-renamed open file %s", rel);
-	if (fs_inode_make_silly(fs->inodes, parent, name, FS_ROOT_INO, silly) == 0) {
+	ret = fs_inode_make_silly(fs->inodes, parent, name, FS_ROOT_INO, silly);
+	fs_move_end(fs, mv);
+	if (ret == 0) {
 		/* the last release came in between: nobody else removes it */
 		if (unlinkat(c->b->rootfd, srel, 0))
 			return -errno;
@@ -138,7 +155,7 @@ void fs_op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct fs *fs = fs_req(req);
 	struct fs_call c = FS_CALL_INIT(fs->engine);
-	char rel[PATH_MAX];
+	char rel[PATH_MAX], sname[NAME_MAX + 1] = "";
 	bool silly = false;
 	uint64_t ino = 0;
 	int ret;
@@ -152,7 +169,9 @@ void fs_op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 		/* open and about to lose its last name: keep it reachable */
 		if (ino && fs_inode_nopen(fs->inodes, ino) > 0 &&
 		    fs_inode_nnames(fs->inodes, ino) == 1) {
-			ret = silly_rename(fs, &c, parent, name, ino);
+			if (!sname[0])
+				silly_name(fs, ino, sname, sizeof(sname));
+			ret = silly_rename(fs, &c, parent, name, sname);
 			silly = !ret;
 		} else {
 			move_handles_off(fs, &c, ino, parent, name);
@@ -214,7 +233,8 @@ void fs_op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 {
 	struct fs *fs = fs_req(req);
 	struct fs_call c = FS_CALL_INIT(fs->engine);
-	char rel[PATH_MAX], nrel[PATH_MAX];
+	char rel[PATH_MAX], nrel[PATH_MAX], sname[NAME_MAX + 1] = "";
+	struct fs_move *mv = NULL;
 	struct stat st;
 	int ret;
 
@@ -225,6 +245,9 @@ void fs_op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 	if ((ret = fs_inode_path(fs->inodes, parent, name, rel, sizeof(rel))) ||
 	    (ret = fs_inode_path(fs->inodes, newparent, newname, nrel, sizeof(nrel))))
 		goto out;
+	/* an exchange leaves both paths in place: a reopen cannot tell */
+	if (!(flags & RENAME_EXCHANGE))
+		mv = fs_move_begin(fs, rel, nrel);
 	do {
 		uint64_t victim;
 
@@ -237,9 +260,12 @@ void fs_op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 		    fs_inode_nnames(fs->inodes, victim) == 1 &&
 		    victim != fs_inode_find(fs->inodes, parent, name) &&
 		    !(flags & RENAME_NOREPLACE) && !fs_stat_rel(&c, rel, &st) &&
-		    !S_ISDIR(st.st_mode) &&
-		    (ret = silly_rename(fs, &c, newparent, newname, victim)))
-			continue;
+		    !S_ISDIR(st.st_mode)) {
+			if (!sname[0])
+				silly_name(fs, victim, sname, sizeof(sname));
+			if ((ret = silly_rename(fs, &c, newparent, newname, sname)))
+				continue;
+		}
 		if (!(flags & RENAME_EXCHANGE) && victim)
 			move_handles_off(fs, &c, victim, newparent, newname);
 		ret = renameat2(c.b->rootfd, rel, c.b->rootfd, nrel, flags) ? -errno : 0;
@@ -266,6 +292,7 @@ void fs_op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 			cache_file_rename(fs->cache, rel, nrel);
 		}
 	}
+	fs_move_end(fs, mv);
 out:
 	fuse_reply_err(req, -ret);
 }

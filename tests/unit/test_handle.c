@@ -171,7 +171,7 @@ static void test_replay_after_kill(void **state)
 	fill(data, sizeof(data), 1);
 	for (size_t off = 0; off < sizeof(data); off += 1 << 20)
 		assert_int_equal(fs_handle_write(v->fs, h, data + off, 1 << 20, off), 0);
-	assert_true(fs_handle_dirty(v->fs, h));
+	assert_true(fs_handle_dirty(v->fs, h, false));
 	/* acknowledged, but only in bufengine's memory */
 	assert_int_equal(src_size("replayed"), 0);
 
@@ -180,7 +180,7 @@ static void test_replay_after_kill(void **state)
 	assert_int_equal(fs_handle_pread(v->fs, h, back, sizeof(back), 0), sizeof(back));
 	assert_memory_equal(back, data, sizeof(data));
 	assert_int_equal(fs_handle_sync(v->fs, h, FS_SYNC_FSYNC), 0);
-	assert_false(fs_handle_dirty(v->fs, h));
+	assert_false(fs_handle_dirty(v->fs, h, false));
 	assert_int_equal(src_size("replayed"), sizeof(data));
 	close_handle(v->fs, h, fh);
 }
@@ -195,9 +195,9 @@ static void test_flush_retires(void **state)
 		skip();
 	h = open_handle(v->fs, "flushed", O_WRONLY, &fh);
 	assert_int_equal(fs_handle_write(v->fs, h, "12345678", 8, 0), 0);
-	assert_true(fs_handle_dirty(v->fs, h));
+	assert_true(fs_handle_dirty(v->fs, h, false));
 	assert_int_equal(fs_handle_sync(v->fs, h, FS_SYNC_FLUSH), 0);
-	assert_false(fs_handle_dirty(v->fs, h));
+	assert_false(fs_handle_dirty(v->fs, h, false));
 	assert_int_equal(src_size("flushed"), 8);
 	close_handle(v->fs, h, fh);
 }
