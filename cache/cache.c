@@ -73,6 +73,7 @@ int cache_new(struct cache **out, const struct cache_config *cfg, const char *st
 	list_init(&c->flights);
 	list_init(&c->store_q);
 	list_init(&c->pf_queue);
+	list_init(&c->warm);
 	for (size_t i = 0; i < CACHE_MAX_TIERS; i++)
 		list_init(&c->tiers[i].lru);
 	ret = -ENOMEM;
@@ -122,6 +123,9 @@ void cache_free(struct cache *c)
 	pf_stop(c);
 	mover_stop(c);      /* stores what the prefetcher left, kicking it */
 	pf_free(c);
+	pthread_mutex_lock(&c->lock);
+	pf_warm_free_locked(c);
+	pthread_mutex_unlock(&c->lock);
 	index_release(c);   /* block files stay for the next start */
 	for (size_t i = 0; i < c->ntiers; i++)
 		tier_close(c->tiers[i].store);
@@ -144,6 +148,33 @@ void cache_set_wait_hooks(struct cache *c, void (*begin)(void *arg), void (*end)
 }
 
 /* ---- files -------------------------------------------------------------- */
+
+struct cmeta *meta_open_locked(struct cache *c, const char *key, uint64_t size,
+				int64_t mtime_ns, char *bp, struct list *reap, int *keep)
+{
+	struct cmeta *m = meta_get_locked(c, key, strlen(key));
+
+	if (!m) {
+		free(bp);
+		return NULL;
+	}
+	*keep = m->attrs_known && m->rec_size == size && m->rec_mtime_ns == mtime_ns;
+	if (!*keep) {
+		if (m->attrs_known || m->nblocks) {
+			meta_kill_blocks_locked(c, m, 0, reap);
+			STAT_ADD(c->st.invalidations, 1);
+		}
+		__atomic_add_fetch(&m->gen, 1, __ATOMIC_RELEASE);
+		m->attrs_known = 1;
+		m->rec_size = m->size = size;
+		m->rec_mtime_ns = mtime_ns;
+	}
+	if (bp) {
+		free(m->backend_path);
+		m->backend_path = bp;
+	}
+	return m;
+}
 
 int cache_file_open(struct cache *c, const char *key, uint64_t size, int64_t mtime_ns,
 		    const char *backend_path, struct cache_file **out, int *keep_cache)
@@ -168,31 +199,18 @@ int cache_file_open(struct cache *c, const char *key, uint64_t size, int64_t mti
 	}
 	list_init(&reap);
 	pthread_mutex_lock(&c->lock);
-	m = meta_get_locked(c, key, strlen(key));
-	if (!m) {
-		pthread_mutex_unlock(&c->lock);
-		free(cf);
-		free(bp);
-		return -ENOMEM;
-	}
-	if (m->attrs_known && m->rec_size == size && m->rec_mtime_ns == mtime_ns) {
-		keep = 1;
-	} else {
-		if (m->attrs_known || m->nblocks) {
-			meta_kill_blocks_locked(c, m, 0, &reap);
-			STAT_ADD(c->st.invalidations, 1);
-		}
-		__atomic_add_fetch(&m->gen, 1, __ATOMIC_RELEASE);
-		m->attrs_known = 1;
-		m->rec_size = m->size = size;
-		m->rec_mtime_ns = mtime_ns;
-	}
-	if (bp) {
-		free(m->backend_path);
-		m->backend_path = bp;
+	m = meta_open_locked(c, key, size, mtime_ns, bp, &reap, &keep);
+	if (m && m->warmed) {
+		m->warmed = false;
+		c->warm_used++;
+		STAT_ADD(c->st.files_used, 1);
 	}
 	pthread_mutex_unlock(&c->lock);
 	reap_run(c, &reap);
+	if (!m) {
+		free(cf);
+		return -ENOMEM;
+	}
 
 	cf->c = c;
 	cf->meta = m;

@@ -62,6 +62,8 @@ struct cache_config {
 	unsigned prefetch_depth;   /* max engine reads in flight or waiting
 				    * to be stored (16) */
 	unsigned prefetch_timeout; /* seconds per engine read/open before it is cancelled (30) */
+	uint64_t prefetch_files;   /* files listed up to this size are read ahead
+				    * whole (1 MiB; 0 = off), see cache_warm_add() */
 	int verify_mem;            /* also verify checksums of MEM blocks (0) */
 };
 
@@ -209,6 +211,22 @@ int cache_contains(struct cache *c, const char *key, uint64_t off, uint64_t len)
  * reads never need the engine; else 0. */
 int cache_holds_file(struct cache *c, const char *key, uint64_t size, int64_t mtime_ns);
 
+/*
+ * Small-file read-ahead.  A directory listing names the files a loader is
+ * about to read: the proxy calls this for each regular file of a listing
+ * (with the attributes it was listed with) no bigger than prefetch_files.
+ * The prefetch thread reads them whole into the cache in the background
+ * when it has nothing else to do, at most prefetch_depth reads at once.
+ * The list is bounded (CACHE_WARM_MAX files; more are dropped), and read
+ * ahead stops while files it fetched go unopened: once 64 were fetched
+ * and fewer than a quarter of them opened, it waits for opens to catch up.
+ * Returns 1 when queued, 0 when not (off, too big, already cached, list
+ * full).
+ */
+#define CACHE_WARM_MAX 65536
+int cache_warm_add(struct cache *c, const char *key, uint64_t size, int64_t mtime_ns,
+		   const char *backend_path);
+
 /* Counters for tests and tools. */
 struct cache_tier_stats {
 	uint64_t used, reserved, quota, blocks;
@@ -221,6 +239,7 @@ struct cache_stats {
 	uint64_t lookups, hits, misses, fill_skipped;
 	uint64_t checksum_failures, torn_discarded, invalidations;
 	uint64_t prefetch_issued, prefetch_done, prefetch_failed, prefetch_used, prefetch_wasted;
+	uint64_t files_listed, files_read_ahead, files_used, files_dropped;
 	uint64_t direct_reads;      /* small random misses read from the engine as is */
 	uint64_t engine_reads, engine_bytes, engine_ns;
 };

@@ -145,6 +145,15 @@ struct cmeta {
 	uint64_t size;         /* current size as known through this proxy */
 	char *backend_path;    /* for the prefetcher */
 	uint64_t pf_backoff_ns;  /* no prefetch before this (monotonic) after an engine error */
+	bool warmed;           /* read ahead by cache_warm_add, not opened since */
+};
+
+/* A listed file waiting for small-file read-ahead (cache.warm). */
+struct warm {
+	struct list link;
+	char *key, *backend_path;
+	uint64_t size;
+	int64_t mtime_ns;
 };
 
 /* One block file. Identity and placement are fixed once inserted; dead,
@@ -248,6 +257,10 @@ struct cache {
 	uint64_t last_direct_ns;    /* atomic: monotonic time of the last direct read */
 	struct pf_state *pf;        /* set before the prefetch thread starts,
 				     * cleared by cache_free (pf_free) */
+	/* small-file read-ahead (prefetch.c), protected by lock */
+	struct list warm;           /* struct warm, oldest first */
+	size_t nwarm;
+	uint64_t warm_issued, warm_used;
 
 	struct cache_stats st;      /* every field atomic: STAT_ADD, STAT_GET */
 
@@ -293,11 +306,20 @@ struct blkbuf *blkbuf_get(struct blkbuf *b);
 struct cmeta *meta_find_locked(struct cache *c, const char *key, size_t keylen);
 /* Find or create; returns with a new reference, or NULL (ENOMEM, too long). */
 struct cmeta *meta_get_locked(struct cache *c, const char *key, size_t keylen);
+/* meta_get_locked() and the close-to-open check of cache_file_open():
+ * blocks recorded with other attributes go to `reap`; *keep says whether
+ * they matched.  Takes bp (the backend path, may be NULL).  NULL: no
+ * memory. */
+struct cmeta *meta_open_locked(struct cache *c, const char *key, uint64_t size,
+			       int64_t mtime_ns, char *bp, struct list *reap, int *keep);
 void meta_put_locked(struct cache *c, struct cmeta *m);
 /* Kill the live entries of m from block from_index on. */
 void meta_kill_blocks_locked(struct cache *c, struct cmeta *m, uint64_t from_index,
 			     struct list *reap);
 struct centry *entry_lookup_locked(struct cache *c, struct cmeta *m, uint64_t index);
+/* 1 when every block of [off, off+len) of m is cached (len 0: the whole
+ * recorded size). */
+int contains_locked(struct cache *c, struct cmeta *m, uint64_t off, uint64_t len);
 /* Make a new live entry (takes a meta reference) in tier e->tier at the LRU
  * head, charging e->bytes to the tier. */
 void entry_insert_locked(struct cache *c, struct centry *e);
@@ -357,6 +379,8 @@ int pf_start(struct cache *c, char *err, size_t errlen);
  * pf_free(), which cache_free() calls once the mover is stopped too. */
 void pf_stop(struct cache *c);
 void pf_free(struct cache *c);
+/* Forget the small-file read-ahead list (cache_free). */
+void pf_warm_free_locked(struct cache *c);
 /* Wake the prefetch thread. Call without cache.lock (it may log). */
 void pf_kick(struct cache *c);
 /* Sequential detection for cf and read-ahead queueing for a read of blocks

@@ -36,6 +36,7 @@ void cache_config_init(struct cache_config *cfg)
 	cfg->prefetch = 8;
 	cfg->prefetch_depth = 16;
 	cfg->prefetch_timeout = 30;
+	cfg->prefetch_files = 1u << 20;
 }
 
 static void tier_paths_free(struct cache_tier_config *t)
@@ -266,6 +267,10 @@ int cache_config_set(struct cache_config *cfg, const char *key, const char *valu
 		if (parse_uint(value, 3600, &u) < 0 || u == 0)
 			return cfg_err(err, errlen, "bad prefetch_timeout: %s (seconds, 1 to 3600)", value);
 		cfg->prefetch_timeout = u;
+	} else if (!strcmp(key, "prefetch_files")) {
+		if (parse_size(value, &sz) < 0 || sz > (1u << 30))
+			return cfg_err(err, errlen, "bad prefetch_files: %s (a size up to 1G, 0 = off)", value);
+		cfg->prefetch_files = sz;
 	} else if (!strcmp(key, "verify_mem")) {
 		int b;
 

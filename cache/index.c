@@ -390,7 +390,7 @@ void flight_put(struct cache *c, struct flight *f)
 
 /* ---- queries ------------------------------------------------------------ */
 
-static int contains_locked(struct cache *c, struct cmeta *m, uint64_t off, uint64_t len)
+int contains_locked(struct cache *c, struct cmeta *m, uint64_t off, uint64_t len)
 {
 	if (!m || !m->attrs_known)
 		return 0;

@@ -40,7 +40,7 @@
 
 #include "cache/cache_int.h"
 
-#define PF_MAX_FILES 8
+#define PF_MAX_FILES 32
 #define PF_GRACE_NS (5ULL * 1000000000ULL)
 #define PF_BACKOFF_NS (5ULL * 1000000000ULL)  /* after an engine error */
 #define PF_FILL_IDLE_NS (100ULL * 1000000ULL)  /* quiet time before fills start */
@@ -80,6 +80,100 @@ int pf_fill_queue_locked(struct cache *c, struct cmeta *m, uint64_t index)
 	if (flight_find_locked(c, m, index) || pf_backlog_full_locked(c))
 		return 0;
 	return pf_queue_locked(c, m, index, true) ? 1 : -EAGAIN;
+}
+
+int cache_warm_add(struct cache *c, const char *key, uint64_t size, int64_t mtime_ns,
+		   const char *backend_path)
+{
+	struct warm *w;
+	int ret = 0;
+
+	if (!c->pf || !c->cfg.prefetch_files || !size || size > c->cfg.prefetch_files ||
+	    !backend_path || cache_holds_file(c, key, size, mtime_ns))
+		return 0;
+	w = calloc(1, sizeof(*w));
+	if (!w || !(w->key = strdup(key)) || !(w->backend_path = strdup(backend_path))) {
+		if (w)
+			free(w->key);
+		free(w);
+		return 0;
+	}
+	w->size = size;
+	w->mtime_ns = mtime_ns;
+	pthread_mutex_lock(&c->lock);
+	STAT_ADD(c->st.files_listed, 1);
+	if (c->nwarm < CACHE_WARM_MAX) {
+		list_add_tail(&c->warm, &w->link);
+		c->nwarm++;
+		ret = 1;
+		w = NULL;
+	} else {
+		STAT_ADD(c->st.files_dropped, 1);
+	}
+	pthread_mutex_unlock(&c->lock);
+	if (w) {
+		free(w->key);
+		free(w->backend_path);
+		free(w);
+	}
+	if (ret)
+		pf_kick(c);
+	return ret;
+}
+
+void pf_warm_free_locked(struct cache *c)
+{
+	while (!list_empty(&c->warm)) {
+		struct warm *w = container_of(c->warm.next, struct warm, link);
+
+		list_del(&w->link);
+		free(w->key);
+		free(w->backend_path);
+		free(w);
+	}
+	c->nwarm = 0;
+}
+
+/*
+ * The prefetch thread has room and nothing queued: turn listed files into
+ * queued flights, whole files, while the backlog allows and read-ahead is
+ * not running away from the opens.  Caller holds c->lock; blocks whose
+ * file changed go to `reap`.  Returns the flights queued.
+ */
+static unsigned pf_warm_locked(struct cache *c, struct list *reap)
+{
+	unsigned queued = 0;
+
+	while (!list_empty(&c->warm) && c->pf_queued + c->pf_inflight < c->cfg.prefetch_depth) {
+		struct warm *w = container_of(c->warm.next, struct warm, link);
+		struct cmeta *m;
+		int keep;
+
+		/* fetched files go unopened: wait for the opens to catch up */
+		if (c->warm_issued >= 64 && c->warm_used * 4 < c->warm_issued)
+			break;
+		list_del(&w->link);
+		c->nwarm--;
+		m = meta_open_locked(c, w->key, w->size, w->mtime_ns, w->backend_path, reap, &keep);
+		w->backend_path = NULL;         /* taken */
+		if (m && !pf_backing_off_locked(m) && !(keep && contains_locked(c, m, 0, 0))) {
+			for (uint64_t b = 0; b * c->bs < w->size; b++) {
+				if (entry_lookup_locked(c, m, b) || flight_find_locked(c, m, b))
+					continue;
+				if (!pf_queue_locked(c, m, b, false))
+					break;
+				queued++;
+			}
+			m->warmed = true;
+			c->warm_issued++;
+			STAT_ADD(c->st.files_read_ahead, 1);
+		}
+		if (m)
+			meta_put_locked(c, m);
+		free(w->key);
+		free(w);
+	}
+	return queued;
 }
 
 bool pf_read_ahead(struct cache_file *cf, uint64_t first, uint64_t last)
@@ -136,14 +230,18 @@ enum pf_type { PF_WAKE, PF_OPEN, PF_READ };
 
 struct pf_req {
 	enum pf_type type;
-	bool done, abandoned;
-	int res;
+	bool abandoned;
 	struct flight *f;     /* PF_READ, until the flight is completed */
 	struct pf_file *file;
 	struct blkbuf *buf;
 	uint64_t off, deadline;
 	uint32_t got, want;
-	struct list link;     /* pf_state.reads or .abandoned */
+	struct list link;     /* pf_state.reads, .opens or .abandoned */
+	/* PF_OPEN: the file being opened and the flights (owned) waiting */
+	struct cmeta *meta;   /* holds a meta reference until completed */
+	char *path;
+	struct flight **waiters;
+	unsigned nwaiters, capw;
 };
 
 struct pf_state {
@@ -160,8 +258,8 @@ struct pf_state {
 	struct io_uring ring;
 	uint64_t efd_val;
 	struct pf_req wake;
-	struct list files, reads, abandoned;
-	unsigned nfiles, nreads;
+	struct list files, reads, opens, abandoned;
+	unsigned nfiles, nreads, nopens;
 };
 
 static struct io_uring_sqe *pf_sqe(struct pf_state *p)
@@ -242,78 +340,116 @@ static void pf_read_submit(struct pf_state *p, struct pf_req *r)
 	io_uring_submit(&p->ring);
 }
 
-/* Open the backend file of m through the ring (with a timeout). */
-static struct pf_file *pf_file_get(struct pf_state *p, struct cmeta *m)
+/* The open backend file of m, or NULL. */
+static struct pf_file *pf_file_find(struct pf_state *p, struct cmeta *m)
 {
-	struct cache *c = p->c;
-	struct pf_file *pf;
-	struct pf_req *r;
-	struct io_uring_sqe *sqe;
-	char *path = NULL;
-	uint64_t deadline;
-	int res;
-
 	for (struct list *l = p->files.next; l != &p->files; l = l->next) {
-		pf = container_of(l, struct pf_file, link);
+		struct pf_file *pf = container_of(l, struct pf_file, link);
+
 		if (pf->meta == m) {
 			list_del(&pf->link);
 			list_add_head(&p->files, &pf->link);
 			return pf;
 		}
 	}
-	pthread_mutex_lock(&c->lock);
-	if (m->backend_path)
-		path = strdup(m->backend_path);
-	pthread_mutex_unlock(&c->lock);
-	r = calloc(1, sizeof(*r));
-	if (!path || !r) {
-		free(path);
-		free(r);
-		return NULL;
-	}
-	r->type = PF_OPEN;
-	pf_reserve(p, 2);
-	sqe = pf_sqe(p);
-	io_uring_prep_openat(sqe, AT_FDCWD, path, O_RDONLY | O_CLOEXEC, 0);
-	sqe->flags |= IOSQE_IO_LINK;
-	io_uring_sqe_set_data(sqe, r);
-	sqe = pf_sqe(p);
-	io_uring_prep_link_timeout(sqe, &p->ts, 0);
-	io_uring_sqe_set_data(sqe, &p->tag);
-	io_uring_submit(&p->ring);
-	deadline = now_ns() + p->timeout_ns + PF_GRACE_NS;
-	while (!r->done && now_ns() < deadline)
-		pf_wait(p, 100);
-	if (!r->done) {
-		r->abandoned = true;   /* freed (and its fd closed) when the CQE comes */
-		tier_log(TIER_LOG_WARN, "prefetch open abandoned: %s: engine not answering", path);
-		free(path);
-		return NULL;
-	}
-	res = r->res;
-	free(r);
-	if (res < 0) {
-		tier_log(TIER_LOG_DEBUG, "prefetch open failed: %s: %s", path, strerror(-res));
-		free(path);
-		return NULL;
-	}
-	free(path);
-	pf = calloc(1, sizeof(*pf));
+	return NULL;
+}
+
+/* A backend file that just opened: listed, the least recent one beyond
+ * PF_MAX_FILES closed. */
+static struct pf_file *pf_file_add(struct pf_state *p, struct cmeta *m, int fd)
+{
+	struct cache *c = p->c;
+	struct pf_file *pf = calloc(1, sizeof(*pf));
+
 	if (!pf) {
-		pf_close_fd(p, res);
+		pf_close_fd(p, fd);
 		return NULL;
 	}
 	pthread_mutex_lock(&c->lock);
 	m->refs++;
 	pthread_mutex_unlock(&c->lock);
 	pf->meta = m;
-	pf->fd = res;
+	pf->fd = fd;
 	pf->refs = 1;
 	pf->listed = true;
 	list_add_head(&p->files, &pf->link);
 	if (++p->nfiles > PF_MAX_FILES)
 		pf_file_drop(p, container_of(p->files.prev, struct pf_file, link));
 	return pf;
+}
+
+/* The open in progress for m, or NULL. */
+static struct pf_req *pf_open_find(struct pf_state *p, struct cmeta *m)
+{
+	for (struct list *l = p->opens.next; l != &p->opens; l = l->next) {
+		struct pf_req *r = container_of(l, struct pf_req, link);
+
+		if (r->meta == m)
+			return r;
+	}
+	return NULL;
+}
+
+/* Flight f (owned) waits for open r. */
+static bool pf_open_wait(struct pf_req *r, struct flight *f)
+{
+	if (r->nwaiters == r->capw) {
+		unsigned cap = r->capw ? r->capw * 2 : 4;
+		struct flight **nw = realloc(r->waiters, cap * sizeof(*nw));
+
+		if (!nw)
+			return false;
+		r->waiters = nw;
+		r->capw = cap;
+	}
+	r->waiters[r->nwaiters++] = f;
+	return true;
+}
+
+/*
+ * Open the backend file of m through the ring (with a link timeout) for
+ * the flight f we own; its read starts when the open completes
+ * (pf_open_done), so many small files are opened at once.  false: could
+ * not even ask.
+ */
+static bool pf_open_submit(struct pf_state *p, struct cmeta *m, struct flight *f)
+{
+	struct cache *c = p->c;
+	struct io_uring_sqe *sqe;
+	struct pf_req *r = calloc(1, sizeof(*r));
+
+	if (!r)
+		return false;
+	pthread_mutex_lock(&c->lock);
+	if (m->backend_path)
+		r->path = strdup(m->backend_path);
+	m->refs++;
+	pthread_mutex_unlock(&c->lock);
+	r->meta = m;
+	if (!r->path || !pf_open_wait(r, f)) {
+		pthread_mutex_lock(&c->lock);
+		meta_put_locked(c, m);
+		pthread_mutex_unlock(&c->lock);
+		free(r->path);
+		free(r->waiters);
+		free(r);
+		return false;
+	}
+	r->type = PF_OPEN;
+	r->deadline = now_ns() + p->timeout_ns + PF_GRACE_NS;
+	list_add_tail(&p->opens, &r->link);
+	p->nopens++;
+	pf_reserve(p, 2);
+	sqe = pf_sqe(p);
+	io_uring_prep_openat(sqe, AT_FDCWD, r->path, O_RDONLY | O_CLOEXEC, 0);
+	sqe->flags |= IOSQE_IO_LINK;
+	io_uring_sqe_set_data(sqe, r);
+	sqe = pf_sqe(p);
+	io_uring_prep_link_timeout(sqe, &p->ts, 0);
+	io_uring_sqe_set_data(sqe, &p->tag);
+	io_uring_submit(&p->ring);
+	return true;
 }
 
 /* Take ownership of a popped flight before starting it. Returns false when
@@ -393,25 +529,18 @@ static void pf_read_finish(struct pf_state *p, struct pf_req *r, int err)
 	free(r);
 }
 
-static void pf_begin(struct pf_state *p, struct flight *f)
+/* Read flight f (owned) from the open file pf. */
+static void pf_read_start(struct pf_state *p, struct flight *f, struct pf_file *pf)
 {
 	struct cache *c = p->c;
-	struct pf_file *pf = NULL;
-	struct pf_req *r = NULL;
-	bool backoff;
+	struct pf_req *r = calloc(1, sizeof(*r));
 
-	pthread_mutex_lock(&c->lock);
-	backoff = pf_backing_off_locked(f->meta);
-	pthread_mutex_unlock(&c->lock);
-	if (!backoff)
-		pf = pf_file_get(p, f->meta);   /* may wait for the engine */
-	if (!pf_own(p, f))
-		return;
-	if (pf && (r = calloc(1, sizeof(*r))))
-		r->buf = blkbuf_new(c->bs);
-	if (!r || !r->buf) {
+	if (r && !(r->buf = blkbuf_new(c->bs))) {
 		free(r);
-		pf_flight_done(p, f, backoff ? -ECANCELED : -EIO, NULL);
+		r = NULL;
+	}
+	if (!r) {
+		pf_flight_done(p, f, -EIO, NULL);
 		return;
 	}
 	pf->refs++;
@@ -423,6 +552,61 @@ static void pf_begin(struct pf_state *p, struct flight *f)
 	list_add_tail(&p->reads, &r->link);
 	p->nreads++;
 	pf_read_submit(p, r);
+}
+
+static void pf_begin(struct pf_state *p, struct flight *f)
+{
+	struct cache *c = p->c;
+	struct pf_file *pf;
+	struct pf_req *o;
+	bool backoff;
+
+	pthread_mutex_lock(&c->lock);
+	backoff = pf_backing_off_locked(f->meta);
+	pthread_mutex_unlock(&c->lock);
+	if (!pf_own(p, f))
+		return;
+	if (backoff) {
+		pf_flight_done(p, f, -ECANCELED, NULL);
+		return;
+	}
+	if ((pf = pf_file_find(p, f->meta))) {
+		pf_read_start(p, f, pf);
+		return;
+	}
+	o = pf_open_find(p, f->meta);
+	if (o ? !pf_open_wait(o, f) : !pf_open_submit(p, f->meta, f))
+		pf_flight_done(p, f, -EIO, NULL);
+}
+
+/* An open is over (res: its fd or -errno): start its waiters' reads, or
+ * fail them; the request itself stays for the caller to free. */
+static void pf_open_done(struct pf_state *p, struct pf_req *r, int res)
+{
+	struct cache *c = p->c;
+	struct pf_file *pf = NULL;
+
+	list_del(&r->link);
+	p->nopens--;
+	if (res >= 0)
+		pf = pf_file_add(p, r->meta, res);
+	else
+		tier_log(TIER_LOG_DEBUG, "prefetch open failed: %s: %s", r->path, strerror(-res));
+	for (unsigned i = 0; i < r->nwaiters; i++) {
+		if (pf)
+			pf_read_start(p, r->waiters[i], pf);
+		else
+			pf_flight_done(p, r->waiters[i], res < 0 ? res : -EIO, NULL);
+	}
+	pthread_mutex_lock(&c->lock);
+	meta_put_locked(c, r->meta);
+	pthread_mutex_unlock(&c->lock);
+	r->meta = NULL;
+	free(r->path);
+	r->path = NULL;
+	free(r->waiters);
+	r->waiters = NULL;
+	r->nwaiters = 0;
 }
 
 static void pf_handle(struct pf_state *p, struct io_uring_cqe *cqe)
@@ -458,8 +642,8 @@ static void pf_handle(struct pf_state *p, struct io_uring_cqe *cqe)
 		return;
 	}
 	if (r->type == PF_OPEN) {
-		r->res = res == -ECANCELED ? -ETIMEDOUT : res;
-		r->done = true;
+		pf_open_done(p, r, res == -ECANCELED ? -ETIMEDOUT : res);
+		free(r);
 		return;
 	}
 	if (res == -EAGAIN || res == -EINTR) {
@@ -491,6 +675,18 @@ static void pf_wait(struct pf_state *p, unsigned ms)
 			pf_handle(p, cqe);
 	}
 	now = now_ns();
+	for (struct list *l = p->opens.next, *next; l != &p->opens; l = next) {
+		struct pf_req *r = container_of(l, struct pf_req, link);
+
+		next = l->next;
+		if (now > r->deadline) {
+			tier_log(TIER_LOG_WARN, "prefetch open abandoned: %s: engine not answering",
+				 r->path);
+			/* freed (and its fd closed) when the CQE comes */
+			pf_open_done(p, r, -ETIMEDOUT);
+			r->abandoned = true;
+		}
+	}
 	for (struct list *l = p->reads.next, *next; l != &p->reads; l = next) {
 		struct pf_req *r = container_of(l, struct pf_req, link);
 
@@ -521,6 +717,19 @@ static void *pf_main(void *arg)
 		/* fills yield to small reads that go to the engine directly */
 		fills_wait = !stop && now_ns() - __atomic_load_n(&c->last_direct_ns, __ATOMIC_RELAXED) <
 				      PF_FILL_IDLE_NS;
+		if (!stop && list_empty(&c->pf_queue) && !list_empty(&c->warm)) {
+			struct list reap;
+
+			list_init(&reap);
+			if (pf_warm_locked(c, &reap)) {
+				pthread_mutex_unlock(&c->lock);
+				reap_run(c, &reap);
+				continue;       /* take them */
+			}
+			pthread_mutex_unlock(&c->lock);
+			reap_run(c, &reap);
+			pthread_mutex_lock(&c->lock);
+		}
 		for (l = c->pf_queue.next; l != &c->pf_queue && n < 64 &&
 		     (stop || c->pf_inflight < c->cfg.prefetch_depth); l = next) {
 			struct flight *f = container_of(l, struct flight, qlink);
@@ -556,7 +765,13 @@ static void *pf_main(void *arg)
 				if (r->deadline > soon)
 					r->deadline = soon;
 			}
-			if (!p->nreads)
+			for (l = p->opens.next; l != &p->opens; l = l->next) {
+				struct pf_req *r = container_of(l, struct pf_req, link);
+
+				if (r->deadline > soon)
+					r->deadline = soon;
+			}
+			if (!p->nreads && !p->nopens)
 				break;
 		}
 		pf_wait(p, fills_wait ? 50 : 1000);
@@ -582,6 +797,7 @@ int pf_start(struct cache *c, char *err, size_t errlen)
 	p->ts.tv_sec = c->cfg.prefetch_timeout;
 	list_init(&p->files);
 	list_init(&p->reads);
+	list_init(&p->opens);
 	list_init(&p->abandoned);
 	p->efd = eventfd(0, EFD_CLOEXEC);
 	if (p->efd < 0) {

@@ -38,6 +38,7 @@ void cache_get_stats(struct cache *c, struct cache_stats *st)
 	G(checksum_failures); G(torn_discarded); G(invalidations);
 	G(prefetch_issued); G(prefetch_done); G(prefetch_failed); G(prefetch_used); G(prefetch_wasted);
 	G(direct_reads); G(engine_reads); G(engine_bytes); G(engine_ns);
+	G(files_listed); G(files_read_ahead); G(files_used); G(files_dropped);
 #undef G
 }
 
@@ -114,10 +115,13 @@ int cache_stats_format(struct cache *c, int json, char **out)
 			",\"prefetch\":{\"issued\":%" PRIu64 ",\"completed\":%" PRIu64 ",\"failed\":%" PRIu64
 			",\"used\":%" PRIu64 ",\"wasted\":%" PRIu64 ",\"effectiveness\":%.4f}"
 			",\"direct_reads\":%" PRIu64
+			",\"files\":{\"listed\":%" PRIu64 ",\"read_ahead\":%" PRIu64 ",\"used\":%" PRIu64
+			",\"dropped\":%" PRIu64 "}"
 			",\"engine\":{\"reads\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"seconds\":%.6f}}\n",
 			st.lookups, st.hits, st.misses, st.fill_skipped, st.checksum_failures,
 			st.torn_discarded, st.invalidations, st.prefetch_issued, st.prefetch_done,
 			st.prefetch_failed, st.prefetch_used, st.prefetch_wasted, eff, st.direct_reads,
+			st.files_listed, st.files_read_ahead, st.files_used, st.files_dropped,
 			st.engine_reads, st.engine_bytes, (double)st.engine_ns / 1e9);
 	} else {
 		fprintf(f, "block_size: %u\ntiers: %zu\n", c->bs, st.ntiers);
@@ -144,10 +148,13 @@ int cache_stats_format(struct cache *c, int json, char **out)
 			"prefetch_failed: %" PRIu64 "\nprefetch_used: %" PRIu64 "\n"
 			"prefetch_wasted: %" PRIu64 "\nprefetch_effectiveness: %.4f\n"
 			"direct_reads: %" PRIu64 "\n"
+			"files_listed: %" PRIu64 "\nfiles_read_ahead: %" PRIu64 "\n"
+			"files_used: %" PRIu64 "\nfiles_dropped: %" PRIu64 "\n"
 			"engine_reads: %" PRIu64 "\nengine_bytes: %" PRIu64 "\nengine_seconds: %.6f\n",
 			st.lookups, st.hits, st.misses, st.fill_skipped, st.checksum_failures,
 			st.torn_discarded, st.invalidations, st.prefetch_issued, st.prefetch_done,
 			st.prefetch_failed, st.prefetch_used, st.prefetch_wasted, eff, st.direct_reads,
+			st.files_listed, st.files_read_ahead, st.files_used, st.files_dropped,
 			st.engine_reads, st.engine_bytes, (double)st.engine_ns / 1e9);
 	}
 	if (fclose(f) != 0) {
@@ -240,6 +247,8 @@ int cache_write_textfile(struct cache *c, const char *path)
 		{ "lazarusfs_cache_prefetch_completed_total", "Prefetches that completed.", st.prefetch_done },
 		{ "lazarusfs_cache_prefetch_failed_total", "Prefetches that failed or were cancelled.", st.prefetch_failed },
 		{ "lazarusfs_cache_prefetch_used_total", "Prefetched blocks that a reader used.", st.prefetch_used },
+		{ "lazarusfs_cache_files_read_ahead_total", "Listed small files read ahead whole.", st.files_read_ahead },
+		{ "lazarusfs_cache_files_used_total", "Files read ahead that were opened afterwards.", st.files_used },
 		{ "lazarusfs_cache_prefetch_wasted_total", "Prefetched blocks dropped unread.", st.prefetch_wasted },
 		{ "lazarusfs_cache_direct_reads_total", "Small random misses read from the engine without fetching the block.", st.direct_reads },
 		{ "lazarusfs_engine_reads_total", "Reads sent to the engine (demand and prefetch).", st.engine_reads },

@@ -197,3 +197,12 @@ bool fs_cache_read(struct fs *fs, struct fs_handle *h, char *buf, size_t size,
 	pthread_rwlock_unlock(&h->cflock);
 	return cached;
 }
+
+void fs_cache_warm(struct fs *fs, const char *rel, const struct stat *st)
+{
+	char bpath[PATH_MAX + 64];
+
+	if (snprintf(bpath, sizeof(bpath), "%s/%s", fs_engine_backend(fs->engine), rel) <
+	    (int)sizeof(bpath))
+		cache_warm_add(fs->cache, rel, st->st_size, fs_mtime_ns(st), bpath);
+}

@@ -190,6 +190,9 @@ static size_t add_entry(fuse_req_t req, struct fs *fs, fuse_ino_t ino,
 		/* a vanished entry is listed without attributes */
 		if (r || fs_make_entry(fs, ino, d->name, &st, gen, &e))
 			e.ino = 0;
+		/* a loader that lists a directory reads its files next */
+		else if (fs->cache && S_ISREG(st.st_mode))
+			fs_cache_warm(fs, rel, &st);
 	} else {
 		e.attr = st;
 	}

@@ -173,6 +173,9 @@ void fs_cache_after_write(struct fs *fs, struct fs_handle *h,
 /* The engine truncated `ino` (at `rel`) to `size`. */
 void fs_cache_truncate_all(struct fs *fs, uint64_t ino, const char *rel,
 			   off_t size);
+/* `rel` was listed with attributes `st`: read it ahead if it is small
+ * (cache_warm_add). */
+void fs_cache_warm(struct fs *fs, const char *rel, const struct stat *st);
 /* Serve a read of h through its cache file (misses fetch from the engine).
  * Returns false when h has no cache file, else true with *n set. */
 bool fs_cache_read(struct fs *fs, struct fs_handle *h, char *buf, size_t size,
