@@ -60,6 +60,7 @@ enum fs_engine_profile {
 	FS_PROFILE_ALLUXIO,
 	FS_PROFILE_SSHFS,
 	FS_PROFILE_BINDFS,
+	FS_PROFILE_S3FS,
 };
 
 struct fs_opts {
