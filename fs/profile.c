@@ -367,8 +367,11 @@ int fs_profile_argv(const struct fs_opts *o, const char *mnt, const char *id,
 		 * file too.  With retries this high it keeps trying instead:
 		 * an outage is a hung engine, which the hang watch restarts,
 		 * and meanwhile files in the block cache are served without it
-		 * and other requests wait up to recovery_timeout.  engine_opts
-		 * come last, so they can override both.
+		 * and other requests wait up to recovery_timeout.  s3fs logs to
+		 * stdout through a stdio buffer, so the lines of an s3fs we
+		 * kill (the ones that say why it hung) would be lost: with a
+		 * logfile it flushes every line, here into engine.log.
+		 * engine_opts come last, so they can override all of these.
 		 */
 		if ((ret = check_s3fs_source(o->source, err, errlen)) ||
 		    (ret = strv_add_dup(&v, &n, "s3fs")) ||
@@ -376,7 +379,8 @@ int fs_profile_argv(const struct fs_opts *o, const char *mnt, const char *id,
 		    (ret = strv_add_dup(&v, &n, mnt)) ||
 		    (ret = strv_add_dup(&v, &n, "-f")) ||
 		    (ret = strv_add_dup(&v, &n, "-o")) ||
-		    (ret = strv_add_dup(&v, &n, "allow_other,retries=" S3FS_RETRIES)) ||
+		    (ret = strv_add_dup(&v, &n, "allow_other,retries=" S3FS_RETRIES
+					",logfile=/dev/stderr")) ||
 		    (ret = add_words(&v, &n, o->engine_opts, err, errlen)))
 			goto out;
 		break;
