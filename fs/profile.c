@@ -371,7 +371,12 @@ int fs_profile_argv(const struct fs_opts *o, const char *mnt, const char *id,
 		 * stdout through a stdio buffer, so the lines of an s3fs we
 		 * kill (the ones that say why it hung) would be lost: with a
 		 * logfile it flushes every line, here into engine.log.
-		 * engine_opts come last, so they can override all of these.
+		 * nomixupload: s3fs 1.90 rewrites a changed large object with
+		 * server-side copies of its unchanged parts, which puts the
+		 * mount path of a bucket:/path source in front of the key once
+		 * per retry, and which servers such as s3rver refuse (501);
+		 * either way a flush (a journal replay's too) never finishes.
+		 * engine_opts come last, so they can override the others.
 		 */
 		if ((ret = check_s3fs_source(o->source, err, errlen)) ||
 		    (ret = strv_add_dup(&v, &n, "s3fs")) ||
@@ -380,7 +385,7 @@ int fs_profile_argv(const struct fs_opts *o, const char *mnt, const char *id,
 		    (ret = strv_add_dup(&v, &n, "-f")) ||
 		    (ret = strv_add_dup(&v, &n, "-o")) ||
 		    (ret = strv_add_dup(&v, &n, "allow_other,retries=" S3FS_RETRIES
-					",logfile=/dev/stderr")) ||
+					",logfile=/dev/stderr,nomixupload")) ||
 		    (ret = add_words(&v, &n, o->engine_opts, err, errlen)))
 			goto out;
 		break;

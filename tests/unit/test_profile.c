@@ -356,6 +356,8 @@ static void test_profile_s3fs(void **state)
 	assert_non_null(strstr(argv[5], "retries=1000000"));
 	/* a killed s3fs must not take its last log lines with it */
 	assert_non_null(strstr(argv[5], "logfile=/dev/stderr"));
+	/* rewrites upload whole objects, no server-side part copies */
+	assert_non_null(strstr(argv[5], "nomixupload"));
 	/* engine_opts last, so that they override the defaults */
 	assert_string_equal(argv[n - 4], "-o");
 	assert_string_equal(argv[n - 3], "url=http://127.0.0.1:9000");
