@@ -188,7 +188,7 @@ def report(argv):
     ap.add_argument("stem")
     ap.add_argument("--mode", default="full")
     ap.add_argument("--reps", type=int, default=1)
-    ap.add_argument("--engines", default="bindfs,sshfs")
+    ap.add_argument("--engines", default="bindfs,sshfs,s3fs")
     ap.add_argument("--header", default="")
     ap.add_argument("--chaos", default="")
     ap.add_argument("--profiles", default="")

@@ -48,7 +48,7 @@ restrict this exerciser to what the engine does support:
   --sync-writes     the engine's stat of a file with writes it has not
                     uploaded yet is unreliable (s3fs 1.90, with or without
                     lazarusfs: an ftruncate does not show, a new file
-                    vanishes once another fd of it is closed): every create,
+                    vanishes once another fd of it is closed): every open,
                     pwrite and ftruncate through an fd is followed by an
                     fsync of that fd, in both trees
 --no-link also stands for hard links whose names the engine does not keep
