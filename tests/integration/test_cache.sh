@@ -53,8 +53,8 @@ same_tree() {
 FILES="a.bin b.bin d/c.bin d/e.bin"
 
 start_sshd
-start_s3rver
-for kind in bindfs sshfs s3fs; do
+maybe_s3rver
+for kind in bindfs sshfs $S3FS_KIND; do
 	src=$(engine_src_dir $kind src-$kind) mnt=$T/mnt-$kind mem=$T/mem-$kind ssd=$T/ssd-$kind
 	mkdir -p "$src/d" "$mem" "$ssd"
 	head -c $((3 * MIB + 17)) /dev/urandom >"$src/a.bin"

@@ -11,8 +11,8 @@
 . "$(dirname "$0")/lib.sh"
 
 start_sshd
-start_s3rver
-for kind in bindfs sshfs s3fs bufengine; do
+maybe_s3rver
+for kind in bindfs sshfs $S3FS_KIND bufengine; do
 	src=$(engine_src_dir $kind src-$kind) mnt=$T/mnt-$kind
 	sizes=
 	[ $kind = s3fs ] && sizes="CRASH_MIB=32 CRASH_FILES=300"

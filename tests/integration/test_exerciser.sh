@@ -160,8 +160,10 @@ run bindfs-exact bindfs "$OPS_BINDFS" "-o attr_timeout=0,entry_timeout=0" \
 	"attr_timeout=0,entry_timeout=0" --no-nlink
 start_sshd
 run sshfs sshfs "$OPS_SSHFS"
-start_s3rver
-run s3fs s3fs "$OPS_S3FS"
+maybe_s3rver
+if [ -n "$S3FS_KIND" ]; then
+	run s3fs s3fs "$OPS_S3FS"
+fi
 echo "took $((SECONDS - start)) s"
 
 if [ ${#FAILED[@]} != 0 ]; then
