@@ -67,6 +67,7 @@ enum fs_engine_profile {
 	FS_PROFILE_ALLUXIO,
 	FS_PROFILE_SSHFS,
 	FS_PROFILE_BINDFS,
+	FS_PROFILE_S3FS,
 };
 
 enum fs_journal_mode { FS_JOURNAL_AUTO, FS_JOURNAL_ON, FS_JOURNAL_OFF };

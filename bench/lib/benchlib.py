@@ -188,7 +188,7 @@ def report(argv):
     ap.add_argument("stem")
     ap.add_argument("--mode", default="full")
     ap.add_argument("--reps", type=int, default=1)
-    ap.add_argument("--engines", default="bindfs,sshfs")
+    ap.add_argument("--engines", default="bindfs,sshfs,s3fs")
     ap.add_argument("--header", default="")
     ap.add_argument("--chaos", default="")
     ap.add_argument("--profiles", default="")
@@ -291,7 +291,9 @@ def report(argv):
     # ---- per engine tables
     chart_rows = []
     for eng in engines:
-        rname = "rclone (local remote over bindfs)" if eng == "bindfs" else "rclone (sftp remote)"
+        rname = {"bindfs": "rclone (local remote over bindfs)",
+                 "s3fs": "rclone (its S3 backend against the same s3rver)"}.get(
+                     eng, "rclone (sftp remote)")
         w("## Engine: %s" % eng)
         w("")
         w("Systems: **engine** = %s mounted alone; **lazarusfs** = lazarusfs over %s; "

@@ -7,7 +7,12 @@ the scenario.  Used by test_crash.sh; run with /usr/bin/python3.
   crash.py write   MNT SRC STATE   write 256 MiB through one fd, kill 3 times
   crash.py readdir MNT SRC STATE   list 3000 entries, kill partway
   crash.py unlink  MNT SRC STATE   open, unlink, kill, read+write the fd, close
-  crash.py hang    MNT SRC STATE   SIGSTOP the engine during reads
+  crash.py hang    MNT SRC STATE   SIGSTOP the engine during reads (64 MiB)
+
+SRC is the engine's source directory (for s3fs: the bucket seen through a
+plain s3fs mount).  CRASH_MIB=N makes the read, write and hang files N MiB
+and CRASH_FILES=N the listing N entries, the kills at the same fractions,
+for engines too slow for the full sizes (s3fs against s3rver).
 """
 import hashlib
 import os
@@ -17,6 +22,8 @@ import sys
 import time
 
 MIB = 1 << 20
+SIZE_MIB = int(os.environ.get("CRASH_MIB", "256"))
+NFILES = int(os.environ.get("CRASH_FILES", "3000"))
 LAZARUSCTL = os.path.join(os.environ.get("BUILD_DIR", "."), "lazarusctl")
 
 
@@ -47,6 +54,11 @@ def kill_engine(mnt, state, sig=signal.SIGKILL):
     return pid
 
 
+def scale(n, full, size):
+    """Position n of a scenario of `full` blocks or entries, for `size`."""
+    return n * size // full
+
+
 def block(i):
     """1 MiB of data that depends on the block number."""
     seed = hashlib.sha256(b"lazarus%d" % i).digest()
@@ -62,9 +74,9 @@ def make_source(path, blocks):
 
 
 def read_scenario(mnt, src, state):
-    blocks = 256
+    blocks = SIZE_MIB
     make_source(os.path.join(src, "stream.bin"), blocks)
-    kills = {40, 120, 200}
+    kills = {scale(k, 256, blocks) for k in (40, 120, 200)}
     fd = os.open(os.path.join(mnt, "stream.bin"), os.O_RDONLY)
     for i in range(blocks):
         if i in kills:
@@ -84,8 +96,8 @@ def read_scenario(mnt, src, state):
 
 
 def write_scenario(mnt, src, state):
-    blocks = 256
-    kills = {30, 110, 230}
+    blocks = SIZE_MIB
+    kills = {scale(k, 256, blocks) for k in (30, 110, 230)}
     name = "written.bin"
     fd = os.open(os.path.join(mnt, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     for i in range(blocks):
@@ -108,7 +120,7 @@ def write_scenario(mnt, src, state):
 
 def readdir_scenario(mnt, src, state):
     d = os.path.join(src, "many")
-    n = 3000
+    n = NFILES
     if not os.path.isdir(d):
         os.mkdir(d)
         for i in range(n):
@@ -119,7 +131,7 @@ def readdir_scenario(mnt, src, state):
         for e in it:
             seen.append(e.name)
             e.stat()    # touches the backend per entry
-            if len(seen) == 700 and not killed:
+            if len(seen) == scale(700, 3000, n) and not killed:
                 kill_engine(mnt, state)
                 killed = True
     want = sorted("f%05d" % i for i in range(n))
@@ -163,14 +175,14 @@ def unlink_scenario(mnt, src, state):
 
 
 def hang_scenario(mnt, src, state):
-    blocks = 64
+    blocks = min(64, SIZE_MIB)
     make_source(os.path.join(src, "hang.bin"), blocks)
     hang_timeout = float(os.environ.get("HANG_TIMEOUT", "3"))
     fd = os.open(os.path.join(mnt, "hang.bin"), os.O_RDONLY | os.O_DIRECT)
     buf = bytearray(MIB)
     stall = 0.0
     for i in range(blocks):
-        if i == 20:
+        if i == scale(20, 64, blocks):
             kill_engine(mnt, state, signal.SIGSTOP)
         t0 = time.time()
         m = memoryview(buf)

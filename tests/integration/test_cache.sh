@@ -1,5 +1,7 @@
 #!/bin/bash
-# The tiered block cache in the proxy, over bindfs and sshfs, with a small
+# The tiered block cache in the proxy, over bindfs, sshfs and s3fs (against
+# a local s3rver; its files are written and changed through a plain s3fs
+# mount of the bucket), with a small
 # MEM tier and an SSD tier (both directories in $T), 1 MiB blocks:
 #  - warmup fills the cache, a second warmup reads nothing (resumable);
 #  - with the engine frozen (SIGSTOP) and then killed (kill -9), open files
@@ -51,8 +53,9 @@ same_tree() {
 FILES="a.bin b.bin d/c.bin d/e.bin"
 
 start_sshd
-for kind in bindfs sshfs; do
-	src=$T/src-$kind mnt=$T/mnt-$kind mem=$T/mem-$kind ssd=$T/ssd-$kind
+maybe_s3rver
+for kind in bindfs sshfs $S3FS_KIND; do
+	src=$(engine_src_dir $kind src-$kind) mnt=$T/mnt-$kind mem=$T/mem-$kind ssd=$T/ssd-$kind
 	mkdir -p "$src/d" "$mem" "$ssd"
 	head -c $((3 * MIB + 17)) /dev/urandom >"$src/a.bin"
 	head -c $((5 * MIB)) /dev/urandom >"$src/b.bin"
@@ -62,6 +65,8 @@ for kind in bindfs sshfs; do
 	# sshfs caches attributes for 20 s and would hide a change behind our
 	# back (with or without our cache): off
 	[ $kind = sshfs ] && eo="$eo\\,cache=no"
+	# s3fs's stat cache (15 min) would too
+	[ $kind = s3fs ] && eo="$eo -o max_stat_cache_size=0"
 	opts="$eo,hang_timeout=10,block_size=1M,tier0=MEM:$mem:6M,tier1=SSD:$ssd:64M"
 
 	echo "== $kind: bad tier directory fails the mount"
