@@ -144,13 +144,13 @@ void fs_engine_retire_locked(struct fs_engine *e)
 }
 
 void fs_engine_declare_lost_locked(struct fs_engine *e, uint64_t gen,
-				   const char *why)
+				   const char *why, double since)
 {
 	if (e->state != FS_ENGINE_RUNNING || e->gen != gen)
 		return;
 	snprintf(e->reason, sizeof(e->reason), "%s", why);
 	fs_engine_set_error_locked(e, "%s", why);
-	e->lost_at = fs_engine_now();
+	e->lost_at = since > 0 ? since : fs_engine_now();
 	e->attempts = 0;
 	e->next_try = 0;
 	set_state(e, FS_ENGINE_RECOVERING);
@@ -280,7 +280,7 @@ bool fs_engine_lost(struct fs_engine *e, struct fs_backend *b, int err)
 		char why[128];
 
 		snprintf(why, sizeof(why), "%s from the backend", strerror(err));
-		fs_engine_declare_lost_locked(e, b->gen, why);
+		fs_engine_declare_lost_locked(e, b->gen, why, 0);
 	}
 	fs_engine_unlock(e);
 	return lost;
@@ -520,7 +520,7 @@ static void *supervisor_main(void *arg)
 			e->pid = 0;
 			e->pidfd = -1;
 			if (e->state == FS_ENGINE_RUNNING)
-				fs_engine_declare_lost_locked(e, e->gen, why);
+				fs_engine_declare_lost_locked(e, e->gen, why, 0);
 			else
 				fs_engine_set_error_locked(e, "%s", why);
 		}

@@ -99,9 +99,11 @@ void fs_engine_unlock(struct fs_engine *e);
 /* Caller holds e->lock. */
 void fs_engine_set_error_locked(struct fs_engine *e, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
-/* Start loss handling for generation `gen`.  Caller holds e->lock. */
+/* Start loss handling for generation `gen`, lost since `since` (monotonic
+ * seconds; 0: now; recovery_timeout counts from it).  Caller holds
+ * e->lock. */
 void fs_engine_declare_lost_locked(struct fs_engine *e, uint64_t gen,
-				   const char *why);
+				   const char *why, double since);
 /* Retire the current generation.  Caller holds e->lock. */
 void fs_engine_retire_locked(struct fs_engine *e);
 /* Delay before try number attempts+1: 0, 1, 2, 4, ... capped at 30 s. */

@@ -64,11 +64,13 @@ static void open_common(fuse_req_t req, fuse_ino_t parent, const char *name,
 		ret = fs_inode_path(fs->inodes, parent, NULL, prel, sizeof(prel));
 	if (ret)
 		goto out;
-	if (!creating && (h = lazy_handle(fs, ino, rel, fi, &st)))
-		goto opened;
 	do {
 		int flags = (fi->flags & ~O_APPEND) | O_CLOEXEC;
 
+		/* first, and again after an engine loss (offline: from the
+		 * cache) */
+		if (!creating && (h = lazy_handle(fs, ino, rel, fi, &st)))
+			goto opened;
 		if ((ret = fs_call_enter(&c)))
 			break;
 		if (creating && c.attempt)
