@@ -117,6 +117,8 @@ opened:
 			fs_inode_forget(fs->inodes, e.ino, 1);
 		goto out;
 	}
+	if (creating)
+		fs_file_set_attrs(h->file, &st);
 	fs_cache_attach(fs, h, rel, &st, fi);
 	if ((creating ? fuse_reply_create(req, &e, fi) : fuse_reply_open(req, fi)) == -ENOENT) {
 		/* interrupted: the kernel never saw the handle (or the entry) */

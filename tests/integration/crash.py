@@ -14,6 +14,7 @@ plain s3fs mount).  CRASH_MIB=N makes the read, write and hang files N MiB
 and CRASH_FILES=N the listing N entries, the kills at the same fractions,
 for engines too slow for the full sizes (s3fs against s3rver).
 """
+import ast
 import hashlib
 import os
 import signal
@@ -27,29 +28,76 @@ NFILES = int(os.environ.get("CRASH_FILES", "3000"))
 LAZARUSCTL = os.path.join(os.environ.get("BUILD_DIR", "."), "lazarusctl")
 
 
+class Killer:
+    """A process forked before any test file is opened, which asks
+    lazarusctl for the engine's state and signals the engine on orders
+    over a pipe.  A child of ours that inherited the test's descriptors
+    would close them before exec, the kernel would send FLUSH for each, the
+    journal would be retired, and the kill would find nothing to replay."""
+
+    def __init__(self):
+        r1, self.w = os.pipe()
+        self.r, w2 = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            os.close(self.w)
+            os.close(self.r)
+            self._serve(os.fdopen(r1, "r"), os.fdopen(w2, "w"))
+            os._exit(0)
+        os.close(r1)
+        os.close(w2)
+        self.out = os.fdopen(self.w, "w")
+        self.inp = os.fdopen(self.r, "r")
+
+    @staticmethod
+    def _status(mnt, state):
+        out = subprocess.run([LAZARUSCTL, "--state-dir", state, "status", mnt],
+                             capture_output=True, text=True, check=True).stdout
+        return dict(l.split(": ", 1) for l in out.splitlines() if ": " in l)
+
+    def _serve(self, inp, out):
+        for line in inp:
+            cmd, mnt, state, arg = line.rstrip("\n").split("\t")
+            try:
+                if cmd == "status":
+                    reply = repr(self._status(mnt, state))
+                else:           # kill SIG: wait for a running engine, signal it
+                    end = time.time() + 30
+                    st = self._status(mnt, state)
+                    while not (st["state"] == "running" and st["pid"] != "0"):
+                        if time.time() > end:
+                            raise RuntimeError("engine not running within 30s: %s" % st)
+                        time.sleep(0.05)
+                        st = self._status(mnt, state)
+                    pid = int(st["pid"])
+                    try:
+                        os.killpg(pid, int(arg))  # with its helpers (ssh for sshfs)
+                    except ProcessLookupError:
+                        os.kill(pid, int(arg))
+                    reply = str(pid)
+            except Exception as e:  # report, do not die: the test decides
+                reply = "ERROR " + str(e).replace("\n", " ")
+            out.write(reply + "\n")
+            out.flush()
+
+    def ask(self, cmd, mnt, state, arg=""):
+        self.out.write("%s\t%s\t%s\t%s\n" % (cmd, mnt, state, arg))
+        self.out.flush()
+        reply = self.inp.readline().rstrip("\n")
+        if reply.startswith("ERROR "):
+            sys.exit("FAIL: " + reply[6:])
+        return reply
+
+
+KILLER = None
+
+
 def status(mnt, state):
-    out = subprocess.run([LAZARUSCTL, "--state-dir", state, "status", mnt],
-                         capture_output=True, text=True, check=True).stdout
-    return dict(l.split(": ", 1) for l in out.splitlines() if ": " in l)
-
-
-def engine_pid(mnt, state, timeout=30):
-    """The running engine's pid (waits for the engine to be running)."""
-    end = time.time() + timeout
-    while time.time() < end:
-        st = status(mnt, state)
-        if st["state"] == "running" and st["pid"] != "0":
-            return int(st["pid"])
-        time.sleep(0.05)
-    sys.exit("FAIL: engine not running within %ss: %s" % (timeout, status(mnt, state)))
+    return ast.literal_eval(KILLER.ask("status", mnt, state))
 
 
 def kill_engine(mnt, state, sig=signal.SIGKILL):
-    pid = engine_pid(mnt, state)
-    try:
-        os.killpg(pid, sig)     # the engine and its helpers (ssh for sshfs)
-    except ProcessLookupError:
-        os.kill(pid, sig)
+    pid = int(KILLER.ask("kill", mnt, state, str(int(sig))))
     print("sent signal %d to engine %d" % (sig, pid), flush=True)
     return pid
 
@@ -205,6 +253,7 @@ SCENARIOS = {"read": read_scenario, "write": write_scenario,
 
 if __name__ == "__main__":
     scen, mnt, src, state = sys.argv[1:5]
+    KILLER = Killer()           # before any file of the test is open
     before = int(status(mnt, state)["recoveries"])
     kills = SCENARIOS[scen](mnt, src, state)
     after = int(status(mnt, state)["recoveries"])
