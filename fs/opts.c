@@ -518,7 +518,7 @@ int fs_opts_parse(struct fs_opts *o, int argc, char **argv, int *fuse_argc,
 	mnt = realpath(positional[1], NULL);
 	if (!mnt) {
 		ret = -errno;
-		snprintf(err, errlen, "%s: mountpoint %s", strerror(-ret), positional[1]);
+		snprintf(err, errlen, "cannot use mountpoint: %s: %s", positional[1], strerror(-ret));
 		goto out;
 	}
 	o->source = strdup(positional[0]);

@@ -433,7 +433,7 @@ int fs_envfile_read(const char *path, char ***out, char *err, size_t errlen)
 	f = fopen(path, "re");
 	if (!f) {
 		ret = -errno;
-		snprintf(err, errlen, "%s: engine_env file %s", strerror(-ret), path);
+		snprintf(err, errlen, "cannot read engine_env file: %s: %s", path, strerror(-ret));
 		return ret;
 	}
 	while ((len = getline(&line, &cap, f)) >= 0) {
