@@ -9,7 +9,7 @@ fuse3 libfuse3-dev liburing-dev libxxhash-dev libcmocka-dev libcurl4-openssl-dev
 libgrpc-dev libprotobuf-c-dev protobuf-c-compiler python3 python3-grpcio python3-protobuf
 bindfs sshfs s3fs mergerfs strace openssh-server openssh-client fio rclone gnuplot-nox
 attr psmisc procps jq openssl util-linux ca-certificates
-git debhelper dpkg-dev lintian"
+git debhelper dpkg-dev lintian prometheus"
 # npm may come with a nodejs package from elsewhere (it does on this
 # project's machines); Debian's own needs both packages
 command -v npm >/dev/null 2>&1 || PKGS="$PKGS nodejs npm"

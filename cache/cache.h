@@ -39,6 +39,7 @@
 #define LAZARUS_CACHE_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -197,6 +198,9 @@ int cache_stats_format(struct cache *c, int json, char **out);
  * path.tmp and renamed; path NULL = <state_dir>/lazarusfs_cache.prom.
  * labels (e.g. mount="/mnt/x") are added to every sample when set. */
 int cache_write_textfile(struct cache *c, const char *path);
+/* The same families, appended to an open stream (for a mount's own
+ * textfile, which adds the proxy's). */
+void cache_prom_write(struct cache *c, FILE *f);
 void cache_set_labels(struct cache *c, const char *labels);
 
 /* Drop blocks of key_prefix and everything below it (NULL or "" = all).

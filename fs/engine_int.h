@@ -69,6 +69,10 @@ struct fs_engine {
 	double last_activity;   /* protected by lock */
 	double lost_at;         /* protected by lock */
 	unsigned long starts, restarts, recoveries;     /* protected by lock */
+	unsigned long hang_kills, start_failures;       /* protected by lock */
+	unsigned waiting;       /* protected by lock: threads waiting to enter */
+	unsigned long rec_buckets[FS_ENGINE_REC_BUCKETS];  /* protected by lock */
+	double rec_sum;         /* protected by lock */
 	char last_error[256];   /* protected by lock */
 	char last_recovery[256];/* protected by lock */
 	char reason[256];       /* protected by lock: why RECOVERING */

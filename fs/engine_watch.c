@@ -114,6 +114,7 @@ void *fs_engine_watchdog_main(void *arg)
 			continue;
 		}
 		e->killed_pid = e->pid;
+		e->hang_kills++;
 		pid = e->pid;
 		conn = e->conn;
 		{

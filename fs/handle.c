@@ -264,6 +264,23 @@ int fs_recover_handles(void *arg, struct fs_backend *b)
 	return ret ? ret : reopened;
 }
 
+void fs_journal_totals(struct fs *fs, size_t *bytes, size_t *entries)
+{
+	struct fs_file **v;
+	size_t n = fs_file_all(fs->handles, &v);
+
+	*bytes = *entries = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (!v[i]->journal)
+			continue;
+		pthread_mutex_lock(&v[i]->lock);
+		*bytes += fs_journal_bytes(v[i]->journal);
+		*entries += fs_journal_entries(v[i]->journal);
+		pthread_mutex_unlock(&v[i]->lock);
+	}
+	fs_file_put_all(fs->handles, v, n);
+}
+
 void fs_file_set_attrs(struct fs_file *f, const struct stat *st)
 {
 	pthread_mutex_lock(&f->lock);

@@ -136,6 +136,8 @@ size_t fs_handle_all(struct fs_handle_table *t, uint64_t ino,
 void fs_handle_put_all(struct fs_handle_table *t, struct fs_handle **v,
 		       size_t n);
 size_t fs_handle_count(struct fs_handle_table *t);
+/* Data bytes and entries of every file's journal, for metrics. */
+void fs_journal_totals(struct fs *fs, size_t *bytes, size_t *entries);
 /* Remember the mode and owner of h's file (from the open's fstat). */
 void fs_file_set_attrs(struct fs_file *f, const struct stat *st);
 /* The file of `ino` if a handle has it open (referenced), else NULL. */

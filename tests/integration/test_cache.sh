@@ -142,16 +142,16 @@ for kind in bindfs sshfs $S3FS_KIND; do
 	echo "$out" | grep -q "^evicted [1-9][0-9]* blocks" || fail "evict dropped nothing"
 	out=$(lz_ctl warmup "$mnt" d) || fail "warmup after evict"
 	echo "$out" | grep -q ": 0 B read" && fail "evicted blocks still cached"
-	ls "$LZ_STATE"/lazarusfs_cache_*.prom >/dev/null 2>&1 || fail "no prometheus textfile"
-	grep -q "^lazarusfs_cache_hits_total{mount=\"$mnt\"} [0-9]" "$LZ_STATE"/lazarusfs_cache_*.prom ||
-		fail "prometheus textfile lacks hits_total: $(head -5 "$LZ_STATE"/lazarusfs_cache_*.prom)"
+	ls "$LZ_STATE"/lazarusfs_*.prom >/dev/null 2>&1 || fail "no prometheus textfile"
+	grep -q "^lazarusfs_cache_hits_total{mountpoint=\"$mnt\"} [0-9]" "$LZ_STATE"/lazarusfs_*.prom ||
+		fail "prometheus textfile lacks hits_total: $(head -5 "$LZ_STATE"/lazarusfs_*.prom)"
 
 	echo "== $kind: proxy restart keeps the cache warm"
 	lz_ctl warmup "$mnt" . >/dev/null || fail "warmup before restart"
 	settle "$mnt"
 	fusermount3 -u "$mnt" || fail "unmount"
 	wait_for 10 no_procs "$T/state" || fail "processes left after unmount"
-	ls "$LZ_STATE"/lazarusfs_cache_*.prom >/dev/null 2>&1 && fail "textfile left after unmount"
+	ls "$LZ_STATE"/lazarusfs_*.prom >/dev/null 2>&1 && fail "textfile left after unmount"
 	lz_mount "$(engine_source $kind "$src")" "$mnt" "$opts"
 	wait_for 10 ctl_ready "$mnt" || fail "no control socket after remount"
 	same_tree "$src" "$mnt" a.bin b.bin d/c.bin d/c2.bin d/e.bin
