@@ -293,8 +293,11 @@ int fs_new(struct fs **out, struct fs_opts *o, char *err, size_t errlen)
 		snprintf(err, errlen, "out of memory");
 		goto out_free;
 	}
-	/* the metadata cache, and what the last proxy of this mount knew */
-	if (o->meta_ttl > 0) {
+	/* the metadata cache, and what the last proxy of this mount knew;
+	 * with a block cache also at meta_ttl=0, its entries expired at once
+	 * but kept as the last attributes seen for the offline service (the
+	 * kernel may forget an inode, and with it the attributes it held) */
+	if (o->meta_ttl > 0 || cache_config_ntiers(&o->cache)) {
 		char mpath[4200];
 
 		if ((ret = fs_meta_new(&fs->meta, o->meta_ttl, o->meta_max))) {

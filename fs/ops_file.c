@@ -31,12 +31,13 @@
 static struct fs_handle *lazy_handle(struct fs *fs, uint64_t ino, const char *rel,
 				     struct fuse_file_info *fi, struct stat *st)
 {
-	bool known;
+	bool known, offline;
 
 	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC))
 		return NULL;
-	known = !fs_meta_lookup(fs, rel, st) && S_ISREG(st->st_mode);
-	if (!known && !(fs_offline_attr(fs, ino, st) && S_ISREG(st->st_mode) &&
+	known = fs->meta && !fs_meta_attr(fs->meta, rel, st, false) && S_ISREG(st->st_mode);
+	offline = !known && (!fs_meta_lookup(fs, rel, st) || fs_offline_attr(fs, ino, st));
+	if (!known && !(offline && fs->cache && S_ISREG(st->st_mode) &&
 			cache_holds_file(fs->cache, rel, st->st_size, fs_mtime_ns(st))))
 		return NULL;
 	return fs_handle_alloc(ino, fi->flags, false);

@@ -35,6 +35,7 @@
 #define CTL_TIMEOUT_MS 5000
 #define WARM_JOBS 4
 #define WARM_MAX_JOBS 64
+#define WARM_SETTLE_S 30
 
 static const char *prog = "lazarusctl";
 
@@ -525,6 +526,50 @@ static void progress(struct warm *w, double t0, bool tty, bool final)
 	fflush(stdout);
 }
 
+/*
+ * The proxy stores the blocks read ahead for a reader in the background:
+ * wait until every file is wholly cached (at most WARM_SETTLE_S seconds),
+ * so that the cache is complete when warmup returns, and say which files
+ * stay incomplete (the tiers are too small, or a file changed meanwhile).
+ */
+static void warm_settle(struct warm *w)
+{
+	bool *left = calloc(w->nfiles ? w->nfiles : 1, sizeof(*left));
+	double end = now_s() + WARM_SETTLE_S;
+	size_t n = w->nfiles;
+	char cmd[PATH_MAX + 64], *reply;
+
+	if (!left)
+		return;
+	for (size_t i = 0; i < w->nfiles; i++)
+		left[i] = true;
+	for (;;) {
+		n = 0;
+		for (size_t i = 0; i < w->nfiles; i++) {
+			if (!left[i])
+				continue;
+			snprintf(cmd, sizeof(cmd), "contains 0 %llu %s",
+				 (unsigned long long)w->files[i].size, w->files[i].key);
+			if (!fs_ctl_request(w->sock, cmd, &reply, CTL_TIMEOUT_MS)) {
+				left[i] = reply[0] != '1';
+				free(reply);
+			}
+			n += left[i];
+		}
+		if (!n || now_s() >= end)
+			break;
+		usleep(100 * 1000);
+	}
+	for (size_t i = 0, shown = 0; i < w->nfiles && shown < 5; i++)
+		if (left[i] && ++shown)
+			fprintf(stderr, "%s: warning: %s/%s is not wholly cached\n", prog, w->mnt,
+				w->files[i].key);
+	if (n)
+		fprintf(stderr, "%s: warning: %zu of %zu files not wholly cached (tiers too small, "
+			"or files changed)\n", prog, n, w->nfiles);
+	free(left);
+}
+
 static int cmd_warmup(const char *sock, const char *mnt, char **paths, int npaths, int jobs)
 {
 	struct warm w = { .sock = sock, .mnt = mnt };
@@ -586,6 +631,8 @@ static int cmd_warmup(const char *sock, const char *mnt, char **paths, int npath
 	}
 	for (int i = 0; i < started; i++)
 		pthread_join(th[i], NULL);
+	if (!w.errors)
+		warm_settle(&w);
 	progress(&w, t0, tty, true);
 	if (w.errors)
 		rc = 1;
