@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # bench/lib/epoch.sh: the training-epoch phase of bench/run. Sourced by
 # bench/run after its mount_system/umount_system, rec and note; reads its
-# EPOCH_N, EPOCH_FILES_S3FS, ENGINE_LIST, SRC, W and PREFAULT_MIB.
+# EPOCH_N, EPOCH_FILES_S3FS, ENGINES, ENGINE_LIST, SRC, W and PREFAULT_MIB.
 #
 # The tree is written once, on local disk, in $SRC/epoch: directories of 40
 # files of 128 KiB (bench/epoch.py make), EPOCH_N rounded up to a multiple
