@@ -55,7 +55,7 @@ for i in range(0, len(b), 4096): b[i] = 1' "$1" 2>/dev/null
 pid_alive() {
 	local st _x
 	[ -r "/proc/$1/stat" ] || return 1
-	read -r _x _x st _x <"/proc/$1/stat" 2>/dev/null || return 1
+	read -r _x _x st _x 2>/dev/null <"/proc/$1/stat" || return 1
 	[ "$st" != Z ]
 }
 
@@ -108,6 +108,39 @@ rss_kib() {
 		fi
 	done <"/proc/$1/status" 2>/dev/null
 	echo NA
+}
+
+# proc_ticks PID: "SELF TREE", CPU time in clock ticks (getconf CLK_TCK).
+# SELF = utime+stime of PID (all its threads); TREE = SELF plus, for PID and
+# every live descendant, the descendant's utime+stime and the cutime+cstime
+# of children already reaped. "0 0" when PID is gone. Scans /proc (this
+# kernel has no /proc/PID/task/TID/children); shell builtins only.
+proc_ticks() {
+	local root=$1 f s pid q self=0 tree=0
+	local -a a
+	local -A kids own reaped
+	for f in /proc/[0-9]*/stat; do
+		read -r s 2>/dev/null <"$f" || continue
+		pid=${s%% *}
+		# after "pid (comm) ": state ppid ... utime(11) stime cutime cstime
+		read -r -a a <<<"${s##*) }"
+		kids[${a[1]}]+=" $pid"
+		own[$pid]=$((a[11] + a[12]))
+		reaped[$pid]=$((a[13] + a[14]))
+	done
+	[ -n "${own[$root]:-}" ] || { echo "0 0"; return 0; }
+	self=${own[$root]}
+	q=$root
+	while [ -n "$q" ]; do
+		# shellcheck disable=SC2086  # a list of pids
+		set -- $q
+		pid=$1
+		shift
+		q="$* ${kids[$pid]:-}"
+		q=${q# }
+		tree=$((tree + ${own[$pid]:-0} + ${reaped[$pid]:-0}))
+	done
+	echo "$self $tree"
 }
 
 bench_track_mount() { BENCH_MOUNTS+=("$1"); }
