@@ -690,7 +690,7 @@ int fs_engine_adopt(struct fs_engine *e, pid_t pid, unsigned long long start,
 	e->started_at = fs_engine_now();
 	e->state = FS_ENGINE_RUNNING;
 	pthread_mutex_unlock(&e->lock);
-	fs_tko_set_engine(e->tko, pid, gen, backend);
+	fs_tko_set_engine(e->tko, pid, gen, e->backend);
 	return 0;
 }
 

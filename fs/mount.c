@@ -595,7 +595,9 @@ out_unmount:
 	fs->prom = NULL;
 	/* an upgrade keeps the mount, and so does a successor that failed to
 	 * take over: the holder keeps it and tries again */
-	if (!succ)
+	if (ret == FS_TKO_EXIT_UPGRADE)
+		;
+	else if (!succ)
 		fuse_session_unmount(fs->se);
 	else if (!ret && fs_mountinfo_find(fs->o->mountpoint, "fuse.lazarusfs", NULL) > 0)
 		umount2(fs->o->mountpoint, MNT_DETACH | UMOUNT_NOFOLLOW);
