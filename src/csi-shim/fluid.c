@@ -104,7 +104,7 @@ static char *launcher_word(const char *word, const char *id)
 
 	for (p = word; (p = strstr(p, LAUNCHER_ID)); p += il)
 		n++;
-	out = malloc(strlen(word) + n * (strlen(id) + 1) + 1);
+	out = malloc(strlen(word) + n * strlen(id) + 1);	/* id is longer than {id} */
 	if (!out)
 		return NULL;
 	for (o = out, p = word; *p;) {

@@ -110,7 +110,7 @@ mount_line() {
 	awk -v p="$1" '$5 == p { for (i = 7; $i != "-"; i++); print $3, $4, $(i + 1) }' \
 		/proc/self/mountinfo
 }
-socket_up() { [ -S "$SOCK" ]; }
+
 # pids whose command line has the word $1 (a mount point): its proxy and holder
 procs_at() {
 	local d
@@ -182,7 +182,9 @@ start_pod() {
 			fail "pod $n: the plugin did not enter its cgroup"
 		;;
 	esac
-	wait_for 10 socket_up || fail "pod $n: no CSI socket"
+	# the socket of a killed plugin is still there until this one replaces it
+	wait_for 10 grep -q '^lazarusfs-csi: serving' "$T/shim.$n.log" || fail "pod $n: not serving"
+	[ -S "$SOCK" ] || fail "pod $n: no CSI socket"
 	POD_KIND=$kind POD_N=$n
 }
 
