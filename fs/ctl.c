@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "fs/fs_int.h"
+#include "fs/passthrough.h"
 
 struct fs_ctl {
 	int fd;
@@ -229,7 +230,10 @@ int fs_ctl_handler(void *arg, const char *cmd, char **reply)
 			*reply = strdup(json ? "{\"enabled\":false}\n" : "enabled: no\n");
 		else if ((ret = cache_stats_format(fs->cache, json, reply)))
 			return ret;
-		return *reply ? add_meta_stats(fs, json, reply) : -ENOMEM;
+		if (!*reply)
+			return -ENOMEM;
+		return (ret = add_meta_stats(fs, json, reply)) ? ret :
+		       fs->cache ? fs_pt_add_stats(fs, json, reply) : 0;
 	}
 	if ((a = cmd_arg(cmd, "evict"))) {
 		if (!fs->cache)

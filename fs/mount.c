@@ -32,6 +32,7 @@
 #include <xxhash.h>
 
 #include "fs/fs_int.h"
+#include "fs/passthrough.h"
 
 static int mkdir_p(const char *path, mode_t mode)
 {
@@ -325,6 +326,7 @@ int fs_new(struct fs **out, struct fs_opts *o, char *err, size_t errlen)
 		goto out_free;
 	}
 	if ((ret = fs_inode_table_new(&fs->inodes)) ||
+	    (ret = fs_pt_new(&fs->pt)) ||
 	    (ret = fs_handle_table_new(&fs->handles, fs->journal_dir, fs_opts_journals(o))) ||
 	    (ret = fs_engine_new(&fs->engine, o, fs->id, fs->dir, fs_recover_handles, fs))) {
 		snprintf(err, errlen, "out of memory");
@@ -413,6 +415,10 @@ int fs_run(struct fs *fs, int fuse_argc, char **fuse_argv)
 		ret = -EIO;
 		goto out_signals;
 	}
+	/* our read and writev on the session fd, to negotiate passthrough */
+	if ((ret = fs_pt_install(fs)))
+		fs_log(FS_LOG_WARN, "passthrough off: cannot set the session's io: %s",
+		       strerror(-ret));
 	fs_mask_secret(fs->o->source, masked, sizeof(masked));
 	fs_log(FS_LOG_INFO, "mounted %s at %s (engine %s, id %s), engine starts on first access",
 	       masked, fs->o->mountpoint, fs_profile_name(fs->o->profile), fs->id);
@@ -488,6 +494,7 @@ void fs_free(struct fs *fs)
 	fs->meta = NULL;
 	fs_engine_free(fs->engine);
 	fs_handle_table_free(fs->handles);
+	fs_pt_free(fs->pt);
 	fs_inode_table_free(fs->inodes);
 	pthread_mutex_destroy(&fs->root_lock);
 	pthread_mutex_destroy(&fs->moves_lock);

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "fs/ops_int.h"
+#include "fs/passthrough.h"
 
 /*
  * A read-only open that needs no engine round trip: a handle without a
@@ -42,17 +43,27 @@ static struct fs_handle *lazy_handle(struct fs *fs, uint64_t ino, const char *re
 	return fs_handle_alloc(ino, fi->flags, false);
 }
 
+/*
+ * Passthrough (fs/passthrough.c): every open of a regular file is counted,
+ * in `pt` until its handle is added (then in h->pt).  An open for writing
+ * is counted before it reaches the engine (and may fail with ETXTBSY while
+ * the file passes through); a read-only one once its attributes are known,
+ * when it may become a passthrough handle: no backend fd then (one it
+ * already opened goes), as a lazy handle, and nothing to reopen after an
+ * engine restart, since its reads never reach us.
+ */
 static void open_common(fuse_req_t req, fuse_ino_t parent, const char *name,
 			fuse_ino_t ino, mode_t mode, struct fuse_file_info *fi)
 {
 	struct fs *fs = fs_req(req);
 	struct fs_call c = FS_CALL_INIT(fs->engine);
 	bool creating = name != NULL;
+	bool reader = !creating && (fi->flags & O_ACCMODE) == O_RDONLY && !(fi->flags & O_TRUNC);
 	char rel[PATH_MAX], prel[PATH_MAX];
 	struct fuse_entry_param e;
 	struct fs_handle *h = NULL;
 	struct stat st;
-	int ret, fd = -1;
+	int ret, fd = -1, pt = FS_PT_NONE, backing_id = 0;
 
 	if (creating && fs_is_silly_name(name)) {
 		ret = -EPERM;
@@ -62,9 +73,16 @@ static void open_common(fuse_req_t req, fuse_ino_t parent, const char *name,
 			 fs_inode_path(fs->inodes, ino, NULL, rel, sizeof(rel));
 	if (!ret && creating)
 		ret = fs_inode_path(fs->inodes, parent, NULL, prel, sizeof(prel));
-	if (ret)
+	/* a create may open (and truncate) a file that passes through */
+	if (!ret && creating)
+		ret = fs_pt_changing(fs, fs_inode_find(fs->inodes, parent, name));
+	if (!ret && !creating && !reader && (pt = fs_pt_writer(fs, ino)) < 0)
+		ret = pt;
+	if (ret) {
+		pt = FS_PT_NONE;
 		goto out;
-	if (!creating && (h = lazy_handle(fs, ino, rel, fi, &st)))
+	}
+	if (reader && (h = lazy_handle(fs, ino, rel, fi, &st)))
 		goto opened;
 	do {
 		int flags = (fi->flags & ~O_APPEND) | O_CLOEXEC;
@@ -107,16 +125,37 @@ static void open_common(fuse_req_t req, fuse_ino_t parent, const char *name,
 			fs_handle_put(fs->handles, h);
 			goto out;
 		}
-		h->ino = e.ino;
+		h->ino = ino = e.ino;
+		if ((pt = fs_pt_writer(fs, ino)) < 0) {
+			ret = pt;
+			pt = FS_PT_NONE;
+			fs_inode_forget(fs->inodes, e.ino, 1);
+			fs_handle_put(fs->handles, h);
+			goto out;
+		}
 	}
 opened:
+	if (reader) {
+		pt = fs_pt_reader(fs, ino, rel, &st, !(fi->flags & O_DIRECT), &backing_id);
+		if (pt == FS_PT_PASS && h->fd >= 0) {
+			fs_closer_push(fs, h->fd);      /* the kernel reads the copy */
+			h->fd = -1;
+			h->gen = 0;
+		}
+	}
+	h->pt = (uint8_t)pt;
 	if ((ret = fs_add_handle(fs, h, fi))) {
 		if (creating)
 			fs_inode_forget(fs->inodes, e.ino, 1);
 		goto out;
 	}
+	pt = FS_PT_NONE;        /* the handle's now */
 	fs_cache_attach(fs, h, rel, &st, fi);
-	if ((creating ? fuse_reply_create(req, &e, fi) : fuse_reply_open(req, fi)) == -ENOENT) {
+	if (h->pt == FS_PT_PASS)
+		ret = fs_pt_reply_open(req, fi, backing_id);
+	else
+		ret = creating ? fuse_reply_create(req, &e, fi) : fuse_reply_open(req, fi);
+	if (ret == -ENOENT) {
 		/* interrupted: the kernel never saw the handle (or the entry) */
 		if (creating)
 			fs_inode_forget(fs->inodes, e.ino, 1);
@@ -124,6 +163,7 @@ opened:
 	}
 	return;
 out:
+	fs_pt_end(fs, ino, pt);
 	fuse_reply_err(req, -ret);
 }
 
@@ -279,6 +319,7 @@ void fs_op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fs_cache_detach(h, wrote ? &st : NULL);
 	fs_handle_remove(fs->handles, fi->fh);
 	fs_engine_count_handle(fs->engine, -1);
+	fs_pt_end(fs, h->ino, h->pt);
 	if (fs_inode_close_silly(fs->inodes, h->ino, rel, sizeof(rel)) == 1)
 		silly_cleanup(fs, h->ino, rel);
 	fs_handle_put(fs->handles, h);

@@ -55,6 +55,7 @@ void fs_opts_init(struct fs_opts *o)
 	o->journal = FS_JOURNAL_AUTO;
 	o->meta_ttl = -1;
 	o->meta_max = 64u << 20;
+	o->passthrough = true;
 	cache_config_init(&o->cache);
 }
 
@@ -131,6 +132,8 @@ void fs_usage(const char *prog)
 	       "                         long (inf; default: inf when ro or immutable, else 0)\n"
 	       "  immutable=0|1          the dataset changes only through this mount (0)\n"
 	       "  meta_max=SIZE          memory for the metadata cache (64M)\n"
+	       "  passthrough=0|1        let the kernel read files wholly in a cache tier\n"
+	       "                         itself (FUSE passthrough; needs CAP_SYS_ADMIN) (1)\n"
 	       "\n"
 	       "block cache options (-o, see lazarusfs.conf(5); no tier = no cache):\n"
 	       "  tierN=MEDIUM:PATH[|PATH...]:QUOTA   e.g. tier0=MEM:/dev/shm/lz:1G\n"
@@ -240,7 +243,8 @@ static int parse_own(struct fs_opts *o, const char *key, const char *v,
 	};
 	bool ours = !strcmp(key, "engine") || !strcmp(key, "journal_mem") ||
 		    !strcmp(key, "journal_max") || !strcmp(key, "journal") ||
-		    !strcmp(key, "meta_max") || !strcmp(key, "immutable");
+		    !strcmp(key, "meta_max") || !strcmp(key, "immutable") ||
+		    !strcmp(key, "passthrough");
 
 	for (size_t i = 0; i < sizeof(secs) / sizeof(*secs); i++)
 		ours |= !strcmp(key, secs[i].name);
@@ -273,12 +277,12 @@ static int parse_own(struct fs_opts *o, const char *key, const char *v,
 		snprintf(err, errlen, "invalid value for journal: '%s' (want auto, on or off)", v);
 		return -EINVAL;
 	}
-	if (!strcmp(key, "immutable")) {
+	if (!strcmp(key, "immutable") || !strcmp(key, "passthrough")) {
 		if (strcmp(v, "0") && strcmp(v, "1")) {
-			snprintf(err, errlen, "invalid value for immutable: '%s' (want 0 or 1)", v);
+			snprintf(err, errlen, "invalid value for %s: '%s' (want 0 or 1)", key, v);
 			return -EINVAL;
 		}
-		o->immutable = v[0] == '1';
+		*(key[0] == 'i' ? &o->immutable : &o->passthrough) = v[0] == '1';
 		return 0;
 	}
 	if (!strcmp(key, "meta_max"))
