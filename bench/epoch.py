@@ -33,7 +33,8 @@ def make(a):
 def run(a):
     t0 = time.monotonic()
     files = []
-    for root, dirs, names in os.walk(a.dir):
+    walk_errors = []  # os.walk skips directories it cannot list: count them
+    for root, dirs, names in os.walk(a.dir, onerror=walk_errors.append):
         dirs.sort()
         for n in sorted(names):
             p = os.path.join(root, n)
@@ -42,7 +43,9 @@ def run(a):
     t_walk = time.monotonic() - t0
     random.Random(a.seed).shuffle(files)
     lock = threading.Lock()
-    state = {"i": 0, "bytes": 0, "errors": 0}
+    for e in walk_errors:
+        print("epoch: %s" % e, file=sys.stderr)
+    state = {"i": 0, "bytes": 0, "errors": len(walk_errors)}
 
     def reader():
         while True:

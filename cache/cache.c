@@ -216,6 +216,7 @@ int cache_file_open(struct cache *c, const char *key, uint64_t size, int64_t mti
 	cf->meta = m;
 	cf->last_block = UINT64_MAX;
 	pthread_mutex_init(&cf->slot_lock, NULL);
+	pthread_mutex_init(&cf->wa_lock, NULL);
 	*out = cf;
 	*keep_cache = keep;
 	return 0;
@@ -228,11 +229,13 @@ void cache_file_close(struct cache_file *cf)
 	if (!cf)
 		return;
 	c = cf->c;
+	cache_file_flush_writes(cf);
 	for (int i = 0; i < 2; i++)
 		blkbuf_put(cf->slot[i].buf);
 	pthread_mutex_lock(&c->lock);
 	meta_put_locked(c, cf->meta);
 	pthread_mutex_unlock(&c->lock);
 	pthread_mutex_destroy(&cf->slot_lock);
+	pthread_mutex_destroy(&cf->wa_lock);
 	free(cf);
 }

@@ -40,6 +40,7 @@
 #define LAZARUS_CACHE_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -185,8 +186,15 @@ ssize_t cache_read(struct cache_file *cf, void *buf, size_t len, off_t off,
 
 /* After the engine accepted a write of buf at off: cached blocks that
  * overlap are updated in place (read-modify-write) or dropped, so a later
- * read returns the written bytes. */
+ * read returns the written bytes.  Blocks that were not cached are
+ * assembled from the writes of cf that fill them from their first byte on,
+ * and stored once whole; the file's last block, partly written, is stored
+ * by cache_file_flush_writes() (cache_file_close() calls it).  Serialised
+ * per cf; a tier store runs in the caller. */
 void cache_write(struct cache_file *cf, const void *buf, size_t len, off_t off);
+/* Store the partly written last block of the file, if it is still that,
+ * and end the write assembly of cf. */
+void cache_file_flush_writes(struct cache_file *cf);
 /* After the engine truncated the file to size: drops blocks past size and
  * the block holding the old or new end. */
 void cache_truncate(struct cache_file *cf, uint64_t size);
@@ -198,6 +206,9 @@ int cache_stats_format(struct cache *c, int json, char **out);
  * path.tmp and renamed; path NULL = <state_dir>/lazarusfs_cache.prom.
  * labels (e.g. mount="/mnt/x") are added to every sample when set. */
 int cache_write_textfile(struct cache *c, const char *path);
+/* The same families, appended to an open stream (for a mount's own
+ * textfile, which adds the proxy's). */
+void cache_prom_write(struct cache *c, FILE *f);
 void cache_set_labels(struct cache *c, const char *labels);
 
 /* Drop blocks of key_prefix and everything below it (NULL or "" = all).

@@ -298,6 +298,12 @@ struct cache_file {
 	uint64_t last_block;
 	unsigned seq_run;
 	uint64_t pf_until;          /* last block already queued for prefetch */
+	/* The write assembly (write.c): the block a sequential writer is
+	 * filling, stored once whole.  wa_lock is taken before cache.lock and
+	 * guards wa_buf, wa_index and wa_gen. */
+	pthread_mutex_t wa_lock;
+	struct blkbuf *wa_buf;      /* NULL: none */
+	uint64_t wa_index, wa_gen;
 };
 
 /* cache/ logs through tiers/' shim, tier_log() (tier.h): one sink for both,

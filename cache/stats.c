@@ -183,29 +183,17 @@ static void prom_head(FILE *f, const char *name, const char *type, const char *h
 	fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-int cache_write_textfile(struct cache *c, const char *path)
+void cache_prom_write(struct cache *c, FILE *f)
 {
 	struct cache_stats st;
-	char def[4096], tmp[4200], lab[512];
+	char lab[4200];
 	const char *sep;
-	FILE *f;
-	int ret = 0;
 
-	if (!path) {
-		if (!c->state_dir)
-			return -EINVAL;
-		snprintf(def, sizeof(def), "%s/lazarusfs_cache.prom", c->state_dir);
-		path = def;
-	}
-	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
 	cache_get_stats(c, &st);
 	pthread_mutex_lock(&c->lock);
 	snprintf(lab, sizeof(lab), "%s", c->labels ? c->labels : "");
 	pthread_mutex_unlock(&c->lock);
 	sep = *lab ? "," : "";
-	f = fopen(tmp, "we");
-	if (!f)
-		return -errno;
 
 	static const struct { const char *name, *type, *help; size_t off; } tm[] = {
 #define T(n, t, h, fld) { "lazarusfs_cache_tier_" n, t, h, offsetof(struct cache_tier_stats, fld) }
@@ -265,7 +253,25 @@ int cache_write_textfile(struct cache *c, const char *path)
 		  "Time readers waited for demand fetches from the engine.");
 	fprintf(f, "lazarusfs_engine_read_seconds_total%s%s%s %.6f\n", *lab ? "{" : "", lab,
 		*lab ? "}" : "", (double)st.engine_ns / 1e9);
+}
 
+int cache_write_textfile(struct cache *c, const char *path)
+{
+	char def[4096], tmp[4200];
+	FILE *f;
+	int ret = 0;
+
+	if (!path) {
+		if (!c->state_dir)
+			return -EINVAL;
+		snprintf(def, sizeof(def), "%s/lazarusfs_cache.prom", c->state_dir);
+		path = def;
+	}
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	f = fopen(tmp, "we");
+	if (!f)
+		return -errno;
+	cache_prom_write(c, f);
 	if (fflush(f) != 0 || ferror(f))
 		ret = -EIO;
 	if (fclose(f) != 0 && !ret)

@@ -13,6 +13,75 @@
 
 #include "cache/cache_int.h"
 
+/*
+ * The write assembly of cf holds block wa_index as written so far (bytes
+ * [0, wa_buf->len)) at generation wa_gen.  A sequential writer fills it a
+ * write at a time and the block is stored once, when it is whole (or, for
+ * the file's last block, at close): storing every partial block again, as
+ * a read-modify-write of the piece before it, would cost the writer more
+ * tier I/O than the data it writes.  wa_lock held.
+ */
+static void wa_drop(struct cache_file *cf)
+{
+	blkbuf_put(cf->wa_buf);
+	cf->wa_buf = NULL;
+}
+
+/* Store the assembly if it is the file's whole last block and nothing
+ * changed the file since (block_store checks wa_gen), then drop it. */
+static void wa_store_tail(struct cache_file *cf)
+{
+	struct cache *c = cf->c;
+	uint64_t bstart = cf->wa_index * c->bs, size;
+	bool tail;
+
+	if (!cf->wa_buf)
+		return;
+	pthread_mutex_lock(&c->lock);
+	size = cf->meta->size;
+	tail = cf->meta->gen == cf->wa_gen && size > bstart && size - bstart == cf->wa_buf->len;
+	pthread_mutex_unlock(&c->lock);
+	if (tail)
+		block_store(c, cf->meta, cf->wa_index, cf->wa_gen, cf->wa_buf->data, cf->wa_buf->len, NULL);
+	wa_drop(cf);
+}
+
+void cache_file_flush_writes(struct cache_file *cf)
+{
+	pthread_mutex_lock(&cf->wa_lock);
+	wa_store_tail(cf);
+	pthread_mutex_unlock(&cf->wa_lock);
+}
+
+/*
+ * Piece [ws, we) of block b (at bstart) was written with data src, the
+ * write's generation being gen (prev before it).  Extend the assembly, or
+ * start one at a block's first byte; a whole block is stored at once.
+ * Anything else ends the assembly: the block is not cached.
+ */
+static void wa_write(struct cache_file *cf, uint64_t b, uint32_t ws, uint32_t we,
+		     const char *src, uint64_t prev, uint64_t gen)
+{
+	struct cache *c = cf->c;
+
+	/* the writer moved elsewhere, or someone else changed the file */
+	if (cf->wa_buf && (cf->wa_index != b || cf->wa_gen != prev || cf->wa_buf->len != ws))
+		wa_drop(cf);
+	if (!cf->wa_buf) {
+		if (ws != 0 || !(cf->wa_buf = blkbuf_new(c->bs)))
+			return;
+		cf->wa_index = b;
+		cf->wa_buf->len = 0;
+	}
+	memcpy(cf->wa_buf->data + ws, src, we - ws);
+	cf->wa_buf->len = we;
+	cf->wa_gen = gen;
+	if (we == c->bs) {
+		block_store(c, cf->meta, b, gen, cf->wa_buf->data, we, NULL);
+		wa_drop(cf);
+	}
+}
+
 void cache_write(struct cache_file *cf, const void *buf, size_t len, off_t off)
 {
 	struct cache *c = cf->c;
@@ -27,6 +96,7 @@ void cache_write(struct cache_file *cf, const void *buf, size_t len, off_t off)
 	last = (wend - 1) / bs;
 	olds = calloc(last - first + 1, sizeof(*olds));
 	list_init(&reap);
+	pthread_mutex_lock(&cf->wa_lock);
 	pthread_mutex_lock(&c->lock);
 	gen = __atomic_add_fetch(&m->gen, 1, __ATOMIC_RELEASE);
 	old_size = m->size;
@@ -53,17 +123,21 @@ void cache_write(struct cache_file *cf, const void *buf, size_t len, off_t off)
 	pthread_mutex_unlock(&c->lock);
 	reap_run(c, &reap);
 
-	/* Store the new contents of blocks we can reconstruct: blocks that were
-	 * cached (read-modify-write) and blocks the write covers completely. */
+	/* Blocks that were cached get their new contents stored at once
+	 * (read-modify-write); the others go through the write assembly. */
 	for (uint64_t b = first; olds && b <= last; b++) {
 		struct centry *e = olds[b - first];
 		uint64_t bstart = b * bs;
 		uint32_t ws = (uint32_t)((uint64_t)off > bstart ? (uint64_t)off - bstart : 0);
 		uint32_t we = (uint32_t)(wend < bstart + bs ? wend - bstart : bs);
-		uint32_t blen = (uint32_t)(new_size - bstart < bs ? new_size - bstart : bs);
+		const char *src = (const char *)buf + (bstart + ws - (uint64_t)off);
 		struct blkbuf *nb = NULL;
 
-		if (e && ws <= e->len) {
+		if (!e) {
+			wa_write(cf, b, ws, we, src, gen - 1, gen);
+			continue;
+		}
+		if (ws <= e->len) {
 			struct tier_block tb;
 			struct ctier *t = &c->tiers[e->tier];
 
@@ -75,19 +149,15 @@ void cache_write(struct cache_file *cf, const void *buf, size_t len, off_t off)
 				blkbuf_put(nb);
 				nb = NULL;
 			}
-		} else if (!e && ws == 0 && we == blen) {
-			nb = blkbuf_new(c->bs);
-			if (nb)
-				nb->len = we;
 		}
 		if (nb) {
-			memcpy(nb->data + ws, (const char *)buf + (bstart + ws - (uint64_t)off), we - ws);
+			memcpy(nb->data + ws, src, we - ws);
 			block_store(c, m, b, gen, nb->data, nb->len, NULL);
 			blkbuf_put(nb);
 		}
-		if (e)
-			entry_unpin(c, e);
+		entry_unpin(c, e);
 	}
+	pthread_mutex_unlock(&cf->wa_lock);
 	free(olds);
 }
 

@@ -153,6 +153,44 @@ void fs_ctl_free(struct fs_ctl *c)
 	free(c);
 }
 
+/* ------------------------------------------------------- the registry */
+
+int fs_registry_add(struct fs *fs, const char *sock)
+{
+	char path[4200], tmp[4300];
+	int ret = 0;
+	FILE *f;
+
+	if ((ret = fs_mkdir_p(fs_registry_dir(), 0755)))
+		return ret;
+	if ((ret = fs_registry_path(fs->o->mountpoint, path, sizeof(path))))
+		return ret;
+	snprintf(tmp, sizeof(tmp), "%s.%d.tmp", path, (int)getpid());
+	f = fopen(tmp, "we");
+	if (!f)
+		return -errno;
+	fprintf(f, "mountpoint=%s\nstate_dir=%s\nsocket=%s\npid=%d\n", fs->o->mountpoint,
+		fs->o->state_dir, sock, (int)getpid());
+	if (fclose(f))
+		ret = -errno;
+	if (!ret && rename(tmp, path))
+		ret = -errno;
+	if (ret)
+		unlink(tmp);
+	return ret;
+}
+
+void fs_registry_remove(struct fs *fs)
+{
+	struct fs_registry_entry r;
+	char path[4200];
+
+	/* only our own: a new proxy of this mount point may have written it */
+	if (!fs_registry_path(fs->o->mountpoint, path, sizeof(path)) &&
+	    !fs_registry_lookup(fs->o->mountpoint, &r) && r.pid == (int)getpid())
+		unlink(path);
+}
+
 /* ------------------------------------------------------- the commands */
 
 /* Append the metadata cache's figures to a stats reply (text lines, or
@@ -220,7 +258,13 @@ int fs_ctl_handler(void *arg, const char *cmd, char **reply)
 	int ret;
 
 	if (!strcmp(cmd, "status")) {
-		*reply = fs_engine_status(fs->engine);
+		char *es = fs_engine_status(fs->engine);
+
+		/* the process serving the mount, then the engine's figures */
+		if (!es || asprintf(reply, "proxy_pid: %d\nversion: %s\nstate_dir: %s\n%s",
+				    (int)getpid(), PACKAGE_VERSION, fs->o->state_dir, es) < 0)
+			*reply = NULL;
+		free(es);
 		return *reply ? 0 : -ENOMEM;
 	}
 	if (!strcmp(cmd, "stats") || !strcmp(cmd, "stats json")) {

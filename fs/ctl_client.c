@@ -23,6 +23,53 @@ void fs_mount_id(const char *mountpoint, char id[17])
 		 (unsigned long long)XXH3_64bits(mountpoint, strlen(mountpoint)));
 }
 
+const char *fs_registry_dir(void)
+{
+	const char *d = getenv("LAZARUSFS_REGISTRY");
+
+	return d && *d ? d : LAZARUSFS_STATE_DIR "/mounts";
+}
+
+int fs_registry_path(const char *mountpoint, char *buf, size_t len)
+{
+	char id[17];
+	int n;
+
+	fs_mount_id(mountpoint, id);
+	n = snprintf(buf, len, "%s/%s", fs_registry_dir(), id);
+	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
+int fs_registry_lookup(const char *mountpoint, struct fs_registry_entry *out)
+{
+	char *real = realpath(mountpoint, NULL), path[4200], line[4200];
+	int ret;
+	FILE *f;
+
+	memset(out, 0, sizeof(*out));
+	/* a dead FUSE mount fails realpath with ENOTCONN: use the text */
+	ret = fs_registry_path(real ? real : mountpoint, path, sizeof(path));
+	free(real);
+	if (ret)
+		return ret;
+	f = fopen(path, "re");
+	if (!f)
+		return -errno;
+	while (fgets(line, sizeof(line), f)) {
+		line[strcspn(line, "\n")] = 0;
+		if (!strncmp(line, "mountpoint=", 11))
+			snprintf(out->mountpoint, sizeof(out->mountpoint), "%s", line + 11);
+		else if (!strncmp(line, "state_dir=", 10))
+			snprintf(out->state_dir, sizeof(out->state_dir), "%s", line + 10);
+		else if (!strncmp(line, "socket=", 7))
+			snprintf(out->socket, sizeof(out->socket), "%s", line + 7);
+		else if (!strncmp(line, "pid=", 4))
+			out->pid = atoi(line + 4);
+	}
+	fclose(f);
+	return out->socket[0] ? 0 : -EINVAL;
+}
+
 int fs_ctl_sockaddr(const char *path, struct sockaddr_un *sa)
 {
 	memset(sa, 0, sizeof(*sa));

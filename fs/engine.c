@@ -61,11 +61,36 @@
 /* how long an EIO waits to see whether the engine is dying */
 #define EIO_GRACE_MS 200
 
-static const char *state_name(enum fs_engine_state s)
+const double fs_engine_rec_bounds[FS_ENGINE_REC_BUCKETS - 1] = {
+	0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
+};
+
+const char *fs_engine_state_name(enum fs_engine_state s)
 {
 	static const char *const n[] = { "stopped", "starting", "running",
 					 "recovering", "failed" };
 	return n[s];
+}
+
+#define state_name fs_engine_state_name
+
+void fs_engine_get_metrics(struct fs_engine *e, struct fs_engine_metrics *m)
+{
+	pthread_mutex_lock(&e->lock);
+	m->state = e->state;
+	m->pid = e->pid;
+	m->gen = e->gen;
+	m->starts = e->starts;
+	m->restarts = e->restarts;
+	m->recoveries = e->recoveries;
+	m->hang_kills = e->hang_kills;
+	m->start_failures = e->start_failures;
+	m->handles = e->handles;
+	m->inflight = e->inflight;
+	m->waiting = e->waiting;
+	memcpy(m->rec_buckets, e->rec_buckets, sizeof(m->rec_buckets));
+	m->rec_sum = e->rec_sum;
+	fs_engine_unlock(e);
 }
 
 static void wake(struct fs_engine *e)
@@ -144,13 +169,13 @@ void fs_engine_retire_locked(struct fs_engine *e)
 }
 
 void fs_engine_declare_lost_locked(struct fs_engine *e, uint64_t gen,
-				   const char *why)
+				   const char *why, double since)
 {
 	if (e->state != FS_ENGINE_RUNNING || e->gen != gen)
 		return;
 	snprintf(e->reason, sizeof(e->reason), "%s", why);
 	fs_engine_set_error_locked(e, "%s", why);
-	e->lost_at = fs_engine_now();
+	e->lost_at = since > 0 ? since : fs_engine_now();
 	e->attempts = 0;
 	e->next_try = 0;
 	set_state(e, FS_ENGINE_RECOVERING);
@@ -218,9 +243,13 @@ int fs_engine_enter(struct fs_engine *e, struct fs_backend **out)
 				deadline.tv_sec++;
 				deadline.tv_nsec -= 1000000000L;
 			}
+			e->waiting++;
 			pthread_cond_timedwait(&e->cond, &e->lock, &deadline);
+			e->waiting--;
 		} else {
+			e->waiting++;
 			pthread_cond_wait(&e->cond, &e->lock);
+			e->waiting--;
 		}
 	}
 	fs_engine_unlock(e);
@@ -280,7 +309,7 @@ bool fs_engine_lost(struct fs_engine *e, struct fs_backend *b, int err)
 		char why[128];
 
 		snprintf(why, sizeof(why), "%s from the backend", strerror(err));
-		fs_engine_declare_lost_locked(e, b->gen, why);
+		fs_engine_declare_lost_locked(e, b->gen, why, 0);
 	}
 	fs_engine_unlock(e);
 	return lost;
@@ -372,6 +401,8 @@ static void do_start(struct fs_engine *e)
 	} else {
 		double delay = fs_engine_backoff(++e->attempts);
 
+		e->start_failures++;
+
 		e->next_try = fs_engine_now() + delay;
 		fs_engine_set_error_locked(e, "%s", err);
 		fs_engine_log_locked(e, FS_LOG_ERR, "engine start failed: %s; next access retries after %g s",
@@ -426,6 +457,14 @@ static void do_recover(struct fs_engine *e)
 		e->replay_losses = 0;
 		e->recoveries++;
 		e->lost_at = 0;
+		{
+			size_t i = 0;
+
+			while (i < FS_ENGINE_REC_BUCKETS - 1 && took > fs_engine_rec_bounds[i])
+				i++;
+			e->rec_buckets[i]++;
+			e->rec_sum += took;
+		}
 		snprintf(e->last_recovery, sizeof(e->last_recovery),
 			 "%.3f s, %d handles reopened, after: %s", took, n, reason);
 		fs_engine_log_locked(e, FS_LOG_WARN, "engine recovered in %.3f s: %d handles reopened (%s)",
@@ -448,6 +487,8 @@ static void do_recover(struct fs_engine *e)
 		}
 	} else {
 		double delay = fs_engine_backoff(++e->attempts);
+
+		e->start_failures++;
 
 		e->replay_losses = 0;
 		e->next_try = fs_engine_now() + delay;
@@ -520,7 +561,7 @@ static void *supervisor_main(void *arg)
 			e->pid = 0;
 			e->pidfd = -1;
 			if (e->state == FS_ENGINE_RUNNING)
-				fs_engine_declare_lost_locked(e, e->gen, why);
+				fs_engine_declare_lost_locked(e, e->gen, why, 0);
 			else
 				fs_engine_set_error_locked(e, "%s", why);
 		}

@@ -103,6 +103,25 @@ void fs_engine_count_handle(struct fs_engine *e, int delta);
 /* "key: value" lines for lazarusctl status (malloc'd). */
 char *fs_engine_status(struct fs_engine *e);
 
+/* Upper bounds (seconds) of the recovery-duration histogram buckets; the
+ * last bucket is +Inf. */
+#define FS_ENGINE_REC_BUCKETS 10
+extern const double fs_engine_rec_bounds[FS_ENGINE_REC_BUCKETS - 1];
+
+/* A consistent snapshot of the supervisor's figures, for metrics. */
+struct fs_engine_metrics {
+	enum fs_engine_state state;
+	pid_t pid;
+	uint64_t gen;
+	unsigned long starts, restarts, recoveries, hang_kills, start_failures;
+	unsigned handles, inflight, waiting;
+	/* recoveries by duration: count per bucket (not cumulative), sum */
+	unsigned long rec_buckets[FS_ENGINE_REC_BUCKETS];
+	double rec_sum;
+};
+void fs_engine_get_metrics(struct fs_engine *e, struct fs_engine_metrics *m);
+const char *fs_engine_state_name(enum fs_engine_state s);
+
 /*
  * One backend call with crash transparency.  Every operation that touches
  * the backend runs inside

@@ -69,6 +69,10 @@ struct fs_engine {
 	double last_activity;   /* protected by lock */
 	double lost_at;         /* protected by lock */
 	unsigned long starts, restarts, recoveries;     /* protected by lock */
+	unsigned long hang_kills, start_failures;       /* protected by lock */
+	unsigned waiting;       /* protected by lock: threads waiting to enter */
+	unsigned long rec_buckets[FS_ENGINE_REC_BUCKETS];  /* protected by lock */
+	double rec_sum;         /* protected by lock */
 	char last_error[256];   /* protected by lock */
 	char last_recovery[256];/* protected by lock */
 	char reason[256];       /* protected by lock: why RECOVERING */
@@ -99,9 +103,11 @@ void fs_engine_unlock(struct fs_engine *e);
 /* Caller holds e->lock. */
 void fs_engine_set_error_locked(struct fs_engine *e, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
-/* Start loss handling for generation `gen`.  Caller holds e->lock. */
+/* Start loss handling for generation `gen`, lost since `since` (monotonic
+ * seconds; 0: now; recovery_timeout counts from it).  Caller holds
+ * e->lock. */
 void fs_engine_declare_lost_locked(struct fs_engine *e, uint64_t gen,
-				   const char *why);
+				   const char *why, double since);
 /* Retire the current generation.  Caller holds e->lock. */
 void fs_engine_retire_locked(struct fs_engine *e);
 /* Delay before try number attempts+1: 0, 1, 2, 4, ... capped at 30 s. */

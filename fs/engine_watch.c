@@ -114,6 +114,7 @@ void *fs_engine_watchdog_main(void *arg)
 			continue;
 		}
 		e->killed_pid = e->pid;
+		e->hang_kills++;
 		pid = e->pid;
 		conn = e->conn;
 		{
@@ -122,8 +123,12 @@ void *fs_engine_watchdog_main(void *arg)
 			snprintf(why, sizeof(why), "engine hung: a backend call was stuck past hang_timeout (%g s)",
 				 e->o->hang_timeout);
 			fs_engine_log_locked(e, FS_LOG_ERR, "%s, killing pid %d", why, (int)pid);
+			/* lost since the stuck call went in, not since we noticed:
+			 * recovery_timeout counts from there */
 			if (e->state == FS_ENGINE_RUNNING)
-				fs_engine_declare_lost_locked(e, e->gen, why);
+				fs_engine_declare_lost_locked(e, e->gen, why,
+							      fs_engine_now() - worst / 1000.0 -
+							      e->o->hang_timeout);
 			else
 				fs_engine_set_error_locked(e, "%s", why);
 		}

@@ -67,6 +67,7 @@ enum fs_engine_profile {
 	FS_PROFILE_ALLUXIO,
 	FS_PROFILE_SSHFS,
 	FS_PROFILE_BINDFS,
+	FS_PROFILE_S3FS,
 };
 
 enum fs_journal_mode { FS_JOURNAL_AUTO, FS_JOURNAL_ON, FS_JOURNAL_OFF };
@@ -349,6 +350,8 @@ ssize_t fs_pread_all(int fd, void *buf, size_t len, off_t off);
 int fs_pwrite_all(int fd, const void *buf, size_t len, off_t off);
 /* Seconds on the monotonic clock. */
 double fs_now(void);
+/* mkdir -p: the parents get 0755, the last one `mode`.  0 or -errno. */
+int fs_mkdir_p(const char *path, mode_t mode);
 
 /* --------------------------------------------------------------- mounts */
 
@@ -408,6 +411,25 @@ void fs_free(struct fs *fs);
 /* ------------------------------------------------------------ control */
 
 struct sockaddr_un;
+
+/*
+ * The registry of mounts on this node: every proxy writes
+ * <registry>/<mount id> (mountpoint=, state_dir=, socket=, pid= lines)
+ * once it is ready and removes it at unmount, so lazarusctl finds any
+ * mount whatever its state_dir.  The registry is $LAZARUSFS_REGISTRY, or
+ * <default state dir>/mounts.
+ */
+struct fs_registry_entry {
+	char mountpoint[4097];
+	char state_dir[4097];
+	char socket[4200];
+	int pid;
+};
+const char *fs_registry_dir(void);
+/* <registry>/<id of mountpoint> (mountpoint canonical already). */
+int fs_registry_path(const char *mountpoint, char *buf, size_t len);
+/* The entry of a mount point (canonicalised here): 0, -ENOENT. */
+int fs_registry_lookup(const char *mountpoint, struct fs_registry_entry *out);
 
 /* Fill a unix socket address for `path`: 0 or -ENAMETOOLONG. */
 int fs_ctl_sockaddr(const char *path, struct sockaddr_un *sa);

@@ -28,6 +28,9 @@ struct fs_ctl;
  * connections one at a time from a thread of its own. */
 int fs_ctl_new(struct fs_ctl **out, const char *path, fs_ctl_fn fn, void *arg);
 void fs_ctl_free(struct fs_ctl *c);
+/* Record the ready mount in the registry / take it out again (ours only). */
+int fs_registry_add(struct fs *fs, const char *sock);
+void fs_registry_remove(struct fs *fs);
 /* The fs_ctl_fn of a mount: status, stats, evict, contains (fs/ctl.c). */
 int fs_ctl_handler(void *arg, const char *cmd, char **reply);
 
@@ -97,9 +100,11 @@ int fs_closer_start(struct fs *fs);
 void fs_closer_push(struct fs *fs, int fd);
 void fs_closer_stop(struct fs *fs);
 
-/* The Prometheus textfile of a mount (fs/prom.c): written every few
- * seconds to `path` by a thread of its own, removed by fs_prom_free(). */
+/* The Prometheus textfile of a mount (fs/prom.c): written at once, then
+ * every few seconds to `path` by a thread of its own, removed by
+ * fs_prom_free().  fs_prom_write() writes it now. */
 int fs_prom_new(struct fs_prom **out, struct fs *fs, const char *path);
+int fs_prom_write(struct fs_prom *p);
 void fs_prom_free(struct fs_prom *p);
 
 #endif

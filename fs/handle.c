@@ -87,6 +87,19 @@ static int file_replay(struct fs *fs, struct fs_file *f, struct fs_backend *b)
 	if ((ret = fs_inode_path(fs->inodes, f->ino, NULL, rel, sizeof(rel))))
 		goto out_lost;
 	fd = open_moved(fs, b, rel, sizeof(rel), O_WRONLY | O_CLOEXEC);
+	if (fd < 0 && errno == ENOENT && f->have_attrs) {
+		/* the engine lost the file's creation itself (s3fs uploads a
+		 * new file only when it is first flushed): the create was
+		 * acknowledged, so make it again */
+		fd = openat(b->rootfd, rel, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+			    f->mode & 07777);
+		if (fd >= 0) {
+			if (fchown(fd, f->uid, f->gid) || fchmod(fd, f->mode & 07777))
+				fs_log(FS_LOG_WARN, "cannot restore the owner of a re-created file: %s: %s",
+				       rel, strerror(errno));
+			fs_log(FS_LOG_WARN, "re-created %s, which the engine had lost", rel);
+		}
+	}
 	if (fd < 0) {
 		ret = -errno;
 		goto out_fd;
@@ -249,6 +262,33 @@ int fs_recover_handles(void *arg, struct fs_backend *b)
 	}
 	fs_handle_put_all(fs->handles, v, n);
 	return ret ? ret : reopened;
+}
+
+void fs_journal_totals(struct fs *fs, size_t *bytes, size_t *entries)
+{
+	struct fs_file **v;
+	size_t n = fs_file_all(fs->handles, &v);
+
+	*bytes = *entries = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (!v[i]->journal)
+			continue;
+		pthread_mutex_lock(&v[i]->lock);
+		*bytes += fs_journal_bytes(v[i]->journal);
+		*entries += fs_journal_entries(v[i]->journal);
+		pthread_mutex_unlock(&v[i]->lock);
+	}
+	fs_file_put_all(fs->handles, v, n);
+}
+
+void fs_file_set_attrs(struct fs_file *f, const struct stat *st)
+{
+	pthread_mutex_lock(&f->lock);
+	f->mode = st->st_mode;
+	f->uid = st->st_uid;
+	f->gid = st->st_gid;
+	f->have_attrs = true;
+	pthread_mutex_unlock(&f->lock);
 }
 
 void fs_handle_rebind(struct fs *fs, const struct fs_call *c, uint64_t ino,

@@ -68,6 +68,13 @@ struct fs_file {
 	uint64_t replayed_gen;  /* protected by lock: generation the journal
 				 * was last replayed onto */
 	bool lost;              /* protected by lock: a replay failed for good */
+	/* the file as it was opened, to create it again for a replay when
+	 * the engine lost even its creation (s3fs uploads a new file only
+	 * at its first flush) */
+	bool have_attrs;        /* protected by lock */
+	mode_t mode;            /* protected by lock */
+	uid_t uid;              /* protected by lock */
+	gid_t gid;              /* protected by lock */
 };
 
 struct fs_handle {
@@ -131,6 +138,10 @@ size_t fs_handle_all(struct fs_handle_table *t, uint64_t ino,
 void fs_handle_put_all(struct fs_handle_table *t, struct fs_handle **v,
 		       size_t n);
 size_t fs_handle_count(struct fs_handle_table *t);
+/* Data bytes and entries of every file's journal, for metrics. */
+void fs_journal_totals(struct fs *fs, size_t *bytes, size_t *entries);
+/* Remember the mode and owner of h's file (from the open's fstat). */
+void fs_file_set_attrs(struct fs_file *f, const struct stat *st);
 /* The file of `ino` if a handle has it open (referenced), else NULL. */
 struct fs_file *fs_file_find(struct fs_handle_table *t, uint64_t ino);
 void fs_file_put(struct fs_handle_table *t, struct fs_file *f);

@@ -20,6 +20,7 @@
 #include <fuse_lowlevel.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdatomic.h>
 #include <pthread.h>
 #include <signal.h>
@@ -34,26 +35,6 @@
 #include "fs/fs_int.h"
 #include "fs/passthrough.h"
 
-static int mkdir_p(const char *path, mode_t mode)
-{
-	char buf[4096];
-	size_t len = strlen(path);
-
-	if (len >= sizeof(buf))
-		return -ENAMETOOLONG;
-	memcpy(buf, path, len + 1);
-	for (char *p = buf + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = 0;
-		if (mkdir(buf, 0755) && errno != EEXIST)
-			return -errno;
-		*p = '/';
-	}
-	if (mkdir(buf, mode) && errno != EEXIST)
-		return -errno;
-	return 0;
-}
 
 /* What the persisted metadata cache belongs to: engine and source. */
 static uint64_t meta_tag(const struct fs_opts *o)
@@ -113,7 +94,6 @@ static void cache_wait_end(void *arg)
 
 static int cache_start(struct fs *fs, bool probe_only, char *err, size_t errlen)
 {
-	char labels[4200], *p = labels;
 	pthread_t t;
 	int ret;
 
@@ -130,36 +110,19 @@ static int cache_start(struct fs *fs, bool probe_only, char *err, size_t errlen)
 	if ((ret = cache_new(&fs->cache, &fs->o->cache, fs->dir, err, errlen)))
 		return ret;
 	cache_set_wait_hooks(fs->cache, cache_wait_begin, cache_wait_end, fs->engine);
-	/* mount="..." with the label value escaped as Prometheus wants */
-	p += sprintf(p, "mount=\"");
-	for (const char *q = fs->o->mountpoint; *q && p < labels + sizeof(labels) - 4; q++) {
-		if (*q == '"' || *q == '\\')
-			*p++ = '\\';
-		if (*q == '\n') {
-			*p++ = '\\';
-			*p++ = 'n';
-		} else {
-			*p++ = *q;
-		}
-	}
-	*p++ = '"';
-	*p = 0;
-	cache_set_labels(fs->cache, labels);
 	return 0;
 }
 
-/* The cache's textfile (only with a cache, as before). */
+/* The mount's textfile (fs/prom.c). */
 static void prom_start(struct fs *fs)
 {
 	char *path;
 	int ret;
 
-	if (!fs->cache)
-		return;
-	if (asprintf(&path, "%s/lazarusfs_cache_%s.prom", fs->o->state_dir, fs->id) < 0)
+	if (asprintf(&path, "%s/lazarusfs_%s.prom", fs->o->state_dir, fs->id) < 0)
 		return;
 	if ((ret = fs_prom_new(&fs->prom, fs, path)))
-		fs_log(FS_LOG_WARN, "no prometheus textfile for the cache: %s", strerror(-ret));
+		fs_log(FS_LOG_WARN, "no prometheus textfile: %s", strerror(-ret));
 	free(path);
 }
 
@@ -305,8 +268,8 @@ int fs_new(struct fs **out, struct fs_opts *o, char *err, size_t errlen)
 		ret = -ENOMEM;
 		goto out_free;
 	}
-	if ((ret = mkdir_p(fs->dir, 0700)) || chmod(fs->dir, 0700) ||
-	    (ret = mkdir_p(fs->journal_dir, 0700))) {
+	if ((ret = fs_mkdir_p(fs->dir, 0700)) || chmod(fs->dir, 0700) ||
+	    (ret = fs_mkdir_p(fs->journal_dir, 0700))) {
 		ret = ret ? ret : -errno;
 		snprintf(err, errlen, "cannot create state directory: %s: %s", fs->dir, strerror(-ret));
 		goto out_free;
@@ -332,8 +295,11 @@ int fs_new(struct fs **out, struct fs_opts *o, char *err, size_t errlen)
 		snprintf(err, errlen, "out of memory");
 		goto out_free;
 	}
-	/* the metadata cache, and what the last proxy of this mount knew */
-	if (o->meta_ttl > 0) {
+	/* the metadata cache, and what the last proxy of this mount knew;
+	 * with a block cache also at meta_ttl=0, its entries expired at once
+	 * but kept as the last attributes seen for the offline service (the
+	 * kernel may forget an inode, and with it the attributes it held) */
+	if (o->meta_ttl > 0 || cache_config_ntiers(&o->cache)) {
 		char mpath[4200];
 
 		if ((ret = fs_meta_new(&fs->meta, o->meta_ttl, o->meta_max))) {
@@ -384,11 +350,69 @@ out_free:
 	return ret;
 }
 
+/*
+ * Go into the background (unless foreground): the parent waits until the
+ * daemon reports with ready() and exits 0 when it is ready, 1 when it
+ * failed or died first, so that `mount` returns only once the control
+ * socket answers and the textfile exists.  *ready_fd is the daemon's end
+ * (-1 in the foreground).
+ */
+static int daemonize(bool foreground, int *ready_fd)
+{
+	int p[2], nul;
+	pid_t pid;
+
+	*ready_fd = -1;
+	if (foreground)
+		return 0;
+	if (pipe2(p, O_CLOEXEC))
+		return -errno;
+	pid = fork();
+	if (pid < 0) {
+		close(p[0]);
+		close(p[1]);
+		return -errno;
+	}
+	if (pid > 0) {
+		char c = 1;
+
+		close(p[1]);
+		while (read(p[0], &c, 1) < 0 && errno == EINTR)
+			;
+		_exit(c == 0 ? 0 : 1);
+	}
+	close(p[0]);
+	if (setsid() < 0 || chdir("/"))
+		fs_log(FS_LOG_WARN, "cannot detach from the terminal: %s", strerror(errno));
+	nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (nul >= 0) {
+		dup2(nul, 0);
+		dup2(nul, 1);
+		dup2(nul, 2);
+		if (nul > 2)
+			close(nul);
+	}
+	*ready_fd = p[1];
+	return 0;
+}
+
+/* Tell the waiting parent how the start went (once). */
+static void ready(int *fd, bool ok)
+{
+	char c = ok ? 0 : 1;
+
+	if (*fd < 0)
+		return;
+	(void)!write(*fd, &c, 1);
+	close(*fd);
+	*fd = -1;
+}
+
 int fs_run(struct fs *fs, int fuse_argc, char **fuse_argv)
 {
 	struct fuse_args args = FUSE_ARGS_INIT(fuse_argc, fuse_argv);
 	char sock[4200], masked[512];
-	int ret;
+	int ret, ready_fd = -1;
 
 	fs->se = fuse_session_new(&args, fs_ops(), sizeof(struct fuse_lowlevel_ops), fs);
 	if (!fs->se) {
@@ -422,8 +446,8 @@ int fs_run(struct fs *fs, int fuse_argc, char **fuse_argv)
 	fs_mask_secret(fs->o->source, masked, sizeof(masked));
 	fs_log(FS_LOG_INFO, "mounted %s at %s (engine %s, id %s), engine starts on first access",
 	       masked, fs->o->mountpoint, fs_profile_name(fs->o->profile), fs->id);
-	if (fuse_daemonize(fs->o->foreground)) {
-		ret = -EIO;
+	if ((ret = daemonize(fs->o->foreground, &ready_fd))) {
+		fs_log(FS_LOG_ERR, "cannot go into the background: %s", strerror(-ret));
 		goto out_unmount;
 	}
 	if (!fs->o->foreground) {
@@ -452,8 +476,14 @@ int fs_run(struct fs *fs, int fuse_argc, char **fuse_argv)
 		       strerror(-ret));
 	if ((ret = fs_ctl_new(&fs->ctl, sock, fs_ctl_handler, fs)))
 		fs_log(FS_LOG_WARN, "cannot create control socket: %s: %s", sock, strerror(-ret));
+	else if ((ret = fs_registry_add(fs, sock)))
+		fs_log(FS_LOG_WARN, "cannot record the mount in the registry: %s: %s",
+		       fs_registry_dir(), strerror(-ret));
+	/* the control socket answers and the textfile exists: ready */
+	ready(&ready_fd, true);
 
 	ret = serve(fs);
+	fs_registry_remove(fs);
 	fs_log(FS_LOG_INFO, "unmounting %s", fs->o->mountpoint);
 	fs_checkpointer_stop(fs);
 	fs_closer_stop(fs);
@@ -470,6 +500,7 @@ int fs_run(struct fs *fs, int fuse_argc, char **fuse_argv)
 	fs->ctl = NULL;
 	fs_engine_shutdown(fs->engine);
 out_unmount:
+	ready(&ready_fd, false);
 	fs_prom_free(fs->prom);
 	fs->prom = NULL;
 	fuse_session_unmount(fs->se);

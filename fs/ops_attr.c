@@ -48,13 +48,14 @@ void fs_op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	}
 	if ((ret = fs_inode_path(fs->inodes, parent, name, rel, sizeof(rel))))
 		goto out;
-	if ((ret = fs_meta_lookup(fs, rel, &st)) != -EAGAIN)
-		goto out;
-	if (fs_offline_attr(fs, fs_inode_find(fs->inodes, parent, name), &st)) {
-		ret = 0;
-		goto out;
-	}
 	do {
+		/* first, and again after an engine loss: what we know may do */
+		if ((ret = fs_meta_lookup(fs, rel, &st)) != -EAGAIN)
+			goto out;
+		if (fs_offline_attr(fs, fs_inode_find(fs->inodes, parent, name), &st)) {
+			ret = 0;
+			goto out;
+		}
 		if ((ret = fs_call_enter(&c)))
 			break;
 		ret = fs_stat_rel(&c, rel, &st);
@@ -117,11 +118,10 @@ void fs_op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	}
 	if ((ret = fs_inode_path(fs->inodes, ino, NULL, rel, sizeof(rel))))
 		goto out;
-	if (!fs_meta_lookup(fs, rel, &st))
-		goto reply;
-	if (fs_offline_attr(fs, ino, &st))
-		goto reply;
 	do {
+		/* first, and again after an engine loss: what we know may do */
+		if (!fs_meta_lookup(fs, rel, &st) || fs_offline_attr(fs, ino, &st))
+			goto reply;
 		if ((ret = fs_call_enter(&c)))
 			break;
 		ret = fs_stat_rel(&c, rel, &st);

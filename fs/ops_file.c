@@ -32,12 +32,13 @@
 static struct fs_handle *lazy_handle(struct fs *fs, uint64_t ino, const char *rel,
 				     struct fuse_file_info *fi, struct stat *st)
 {
-	bool known;
+	bool known, offline;
 
 	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC))
 		return NULL;
-	known = !fs_meta_lookup(fs, rel, st) && S_ISREG(st->st_mode);
-	if (!known && !(fs_offline_attr(fs, ino, st) && S_ISREG(st->st_mode) &&
+	known = fs->meta && !fs_meta_attr(fs->meta, rel, st, false) && S_ISREG(st->st_mode);
+	offline = !known && (!fs_meta_lookup(fs, rel, st) || fs_offline_attr(fs, ino, st));
+	if (!known && !(offline && fs->cache && S_ISREG(st->st_mode) &&
 			cache_holds_file(fs->cache, rel, st->st_size, fs_mtime_ns(st))))
 		return NULL;
 	return fs_handle_alloc(ino, fi->flags, false);
@@ -82,11 +83,13 @@ static void open_common(fuse_req_t req, fuse_ino_t parent, const char *name,
 		pt = FS_PT_NONE;
 		goto out;
 	}
-	if (reader && (h = lazy_handle(fs, ino, rel, fi, &st)))
-		goto opened;
 	do {
 		int flags = (fi->flags & ~O_APPEND) | O_CLOEXEC;
 
+		/* first, and again after an engine loss (offline: from the
+		 * cache) */
+		if (reader && (h = lazy_handle(fs, ino, rel, fi, &st)))
+			goto opened;
 		if ((ret = fs_call_enter(&c)))
 			break;
 		if (creating && c.attempt)
@@ -150,6 +153,8 @@ opened:
 		goto out;
 	}
 	pt = FS_PT_NONE;        /* the handle's now */
+	if (creating)
+		fs_file_set_attrs(h->file, &st);
 	fs_cache_attach(fs, h, rel, &st, fi);
 	if (h->pt == FS_PT_PASS)
 		ret = fs_pt_reply_open(req, fi, backing_id);

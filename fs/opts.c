@@ -24,6 +24,7 @@ static const char *const profile_names[] = {
 	[FS_PROFILE_ALLUXIO] = "alluxio",
 	[FS_PROFILE_SSHFS] = "sshfs",
 	[FS_PROFILE_BINDFS] = "bindfs",
+	[FS_PROFILE_S3FS] = "s3fs",
 };
 
 const char *fs_profile_name(enum fs_engine_profile p)
@@ -111,7 +112,8 @@ void fs_usage(const char *prog)
 	       "  -V, --version          version\n"
 	       "\n"
 	       "lazarusfs options (-o):\n"
-	       "  engine=PROFILE         command (default), juicefs, alluxio, sshfs, bindfs\n"
+	       "  engine=PROFILE         command (default), juicefs, alluxio, sshfs,\n"
+	       "                         bindfs, s3fs\n"
 	       "  engine_cmd=TEMPLATE    engine argv; {source} {mnt} {id} are replaced\n"
 	       "  engine_opts=OPTS       extra options handed to the engine's -o (profiles)\n"
 	       "  engine_env=FILE        KEY=VALUE environment for the engine (secrets)\n"
@@ -259,7 +261,7 @@ static int parse_own(struct fs_opts *o, const char *key, const char *v,
 	if (!strcmp(key, "engine")) {
 		if (fs_profile_parse(v, &o->profile)) {
 			snprintf(err, errlen,
-				 "unknown engine profile '%s' (want command, juicefs, alluxio, sshfs or bindfs)",
+				 "unknown engine profile '%s' (want command, juicefs, alluxio, sshfs, bindfs or s3fs)",
 				 v);
 			return -EINVAL;
 		}
@@ -498,7 +500,7 @@ int fs_opts_parse(struct fs_opts *o, int argc, char **argv, int *fuse_argc,
 	}
 	if (o->profile == FS_PROFILE_COMMAND && !o->engine_cmd) {
 		snprintf(err, errlen,
-			 "no engine: give engine=PROFILE (juicefs, alluxio, sshfs, bindfs) or engine_cmd=TEMPLATE");
+			 "no engine: give engine=PROFILE (juicefs, alluxio, sshfs, bindfs, s3fs) or engine_cmd=TEMPLATE");
 		ret = -EINVAL;
 		goto out;
 	}
@@ -520,7 +522,7 @@ int fs_opts_parse(struct fs_opts *o, int argc, char **argv, int *fuse_argc,
 	mnt = realpath(positional[1], NULL);
 	if (!mnt) {
 		ret = -errno;
-		snprintf(err, errlen, "%s: mountpoint %s", strerror(-ret), positional[1]);
+		snprintf(err, errlen, "cannot use mountpoint: %s: %s", positional[1], strerror(-ret));
 		goto out;
 	}
 	o->source = strdup(positional[0]);

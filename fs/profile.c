@@ -15,6 +15,9 @@
 
 #include "fs/fs.h"
 
+/* s3fs sleeps 2-4 s between tries: this is about 46 days of an outage */
+#define S3FS_RETRIES "1000000"
+
 size_t fs_strv_len(char *const *v)
 {
 	size_t n = 0;
@@ -268,6 +271,27 @@ static int add_words(char ***v, size_t *n, const char *words, char *err,
 	return ret;
 }
 
+/*
+ * s3fs takes SOURCE in its own syntax, "bucket[:/path]".  Checked here so
+ * that a typo (an s3:// URL, a path without its bucket) is a mount-time
+ * error with a reason instead of an engine that exits on first access.
+ */
+static int check_s3fs_source(const char *src, char *err, size_t errlen)
+{
+	size_t n = strcspn(src, ":");
+	char shown[256];
+
+	if (n && src[0] != '-' && src[0] != '.' &&
+	    strspn(src, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+		   "0123456789.-_") == n &&
+	    (!src[n] || (src[n + 1] == '/' && src[n + 2] != '/')))
+		return 0;
+	fs_mask_secret(src, shown, sizeof(shown));
+	snprintf(err, errlen, "engine=s3fs wants SOURCE as bucket[:/path], not '%s'",
+		 shown);
+	return -EINVAL;
+}
+
 int fs_profile_argv(const struct fs_opts *o, const char *mnt, const char *id,
 		    char ***argv, char ***env_extra, char *err, size_t errlen)
 {
@@ -331,6 +355,40 @@ int fs_profile_argv(const struct fs_opts *o, const char *mnt, const char *id,
 		    (ret = strv_add_dup(&v, &n, mnt)))
 			goto out;
 		break;
+	case FS_PROFILE_S3FS:
+		/*
+		 * s3fs-fuse: `s3fs BUCKET[:/PATH] MOUNTPOINT -f`.  Credentials
+		 * come from the environment (engine_env with AWS_ACCESS_KEY_ID
+		 * and AWS_SECRET_ACCESS_KEY), never from argv.  allow_other,
+		 * or s3fs shows its root as 0700 and we would pass that on.
+		 * An endpoint that does not answer makes s3fs sleep and retry,
+		 * and after `retries` (5) tries it answers EIO while it keeps
+		 * running, so the application would get EIO from every cached
+		 * file too.  With retries this high it keeps trying instead:
+		 * an outage is a hung engine, which the hang watch restarts,
+		 * and meanwhile files in the block cache are served without it
+		 * and other requests wait up to recovery_timeout.  s3fs logs to
+		 * stdout through a stdio buffer, so the lines of an s3fs we
+		 * kill (the ones that say why it hung) would be lost: with a
+		 * logfile it flushes every line, here into engine.log.
+		 * nomixupload: s3fs 1.90 rewrites a changed large object with
+		 * server-side copies of its unchanged parts, which puts the
+		 * mount path of a bucket:/path source in front of the key once
+		 * per retry, and which servers such as s3rver refuse (501);
+		 * either way a flush (a journal replay's too) never finishes.
+		 * engine_opts come last, so they can override the others.
+		 */
+		if ((ret = check_s3fs_source(o->source, err, errlen)) ||
+		    (ret = strv_add_dup(&v, &n, "s3fs")) ||
+		    (ret = strv_add_dup(&v, &n, o->source)) ||
+		    (ret = strv_add_dup(&v, &n, mnt)) ||
+		    (ret = strv_add_dup(&v, &n, "-f")) ||
+		    (ret = strv_add_dup(&v, &n, "-o")) ||
+		    (ret = strv_add_dup(&v, &n, "allow_other,retries=" S3FS_RETRIES
+					",logfile=/dev/stderr,nomixupload")) ||
+		    (ret = add_words(&v, &n, o->engine_opts, err, errlen)))
+			goto out;
+		break;
 	case FS_PROFILE_ALLUXIO:
 		/*
 		 * Alluxio 2.x: `alluxio-fuse mount -n [-o OPTS] MOUNTPOINT
@@ -375,7 +433,7 @@ int fs_envfile_read(const char *path, char ***out, char *err, size_t errlen)
 	f = fopen(path, "re");
 	if (!f) {
 		ret = -errno;
-		snprintf(err, errlen, "%s: engine_env file %s", strerror(-ret), path);
+		snprintf(err, errlen, "cannot read engine_env file: %s: %s", path, strerror(-ret));
 		return ret;
 	}
 	while ((len = getline(&line, &cap, f)) >= 0) {

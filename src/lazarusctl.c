@@ -35,25 +35,181 @@
 #define CTL_TIMEOUT_MS 5000
 #define WARM_JOBS 4
 #define WARM_MAX_JOBS 64
+#define WARM_SETTLE_S 30
 
 static const char *prog = "lazarusctl";
 
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: lazarusctl [--state-dir DIR] status MOUNTPOINT\n"
+		"usage: lazarusctl list [--json]\n"
+		"       lazarusctl wait MOUNTPOINT [--timeout SECONDS]\n"
+		"       lazarusctl [--state-dir DIR] status MOUNTPOINT\n"
 		"       lazarusctl [--state-dir DIR] stats MOUNTPOINT [--json]\n"
 		"       lazarusctl [--state-dir DIR] warmup [-j N] MOUNTPOINT PATH...\n"
 		"       lazarusctl [--state-dir DIR] evict MOUNTPOINT [PATH...]\n"
 		"\n"
+		"  list        every lazarusfs mount of this node: state, engine, pid,\n"
+		"              uptime, restarts (--json: as JSON)\n"
+		"  wait        until the mount is ready (its proxy answers); exit 1 with\n"
+		"              the reason after --timeout (10 s)\n"
 		"  status      engine state, pid, uptime, restarts, open handles, last error\n"
 		"  stats       block cache statistics per tier (--json: as JSON)\n"
 		"  warmup      read files or whole trees into the block cache, skipping\n"
 		"              blocks that are cached already (-j: parallel readers, %d)\n"
 		"  evict       drop cached blocks of PATHs and everything below (all without PATH)\n"
 		"  PATH        relative to the mount point, or absolute inside it\n"
-		"  --state-dir the proxy's state_dir (default %s, or $LAZARUSFS_STATE_DIR)\n",
-		WARM_JOBS, LAZARUSFS_STATE_DIR);
+		"  --state-dir the proxy's state_dir ($LAZARUSFS_STATE_DIR; without either,\n"
+		"              the mount's own, from the registry %s, else %s)\n",
+		WARM_JOBS, fs_registry_dir(), LAZARUSFS_STATE_DIR);
+}
+
+/*
+ * The control socket of a mount: in the state_dir given (--state-dir or
+ * $LAZARUSFS_STATE_DIR), else the one the mount recorded in the registry,
+ * else the default state directory's.
+ */
+static int ctl_socket(const char *state_dir, const char *mnt, char *sock, size_t len)
+{
+	struct fs_registry_entry r;
+
+	if (!state_dir && !fs_registry_lookup(mnt, &r)) {
+		snprintf(sock, len, "%s", r.socket);
+		return 0;
+	}
+	return fs_ctl_path(state_dir ? state_dir : LAZARUSFS_STATE_DIR, mnt, sock, len);
+}
+
+/* "key: value" of a status reply, or "" (a static copy). */
+static const char *field(const char *reply, const char *key)
+{
+	static char v[512];
+	size_t kl = strlen(key);
+
+	v[0] = 0;
+	for (const char *l = reply; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
+		if (!strncmp(l, key, kl) && l[kl] == ':' && l[kl + 1] == ' ') {
+			snprintf(v, sizeof(v), "%.*s", (int)strcspn(l + kl + 2, "\n"), l + kl + 2);
+			break;
+		}
+	return v;
+}
+
+static void json_string(const char *s)
+{
+	putchar('"');
+	for (; *s; s++) {
+		if (*s == '"' || *s == '\\')
+			printf("\\%c", *s);
+		else if ((unsigned char)*s < 0x20)
+			printf("\\u%04x", *s);
+		else
+			putchar(*s);
+	}
+	putchar('"');
+}
+
+struct lister {
+	bool json;
+	int n;
+};
+
+/* One mount of the mount table: its line of `lazarusctl list`. */
+static int list_one(const struct fs_mountinfo *mi, void *arg)
+{
+	static const char *const keys[] = { "state", "engine", "proxy_pid", "pid", "uptime",
+					     "restarts", "recoveries", "open_handles", "last_error" };
+	struct lister *l = arg;
+	char sock[4200], *reply = NULL;
+	const char *vals[9];
+	char copy[9][512];
+
+	if (strcmp(mi->fstype, "fuse.lazarusfs"))
+		return 0;
+	if (ctl_socket(NULL, mi->mnt, sock, sizeof(sock)) ||
+	    fs_ctl_request(sock, "status", &reply, CTL_TIMEOUT_MS)) {
+		free(reply);
+		reply = NULL;
+	}
+	for (size_t i = 0; i < 9; i++) {
+		snprintf(copy[i], sizeof(copy[i]), "%s", reply ? field(reply, keys[i]) : "");
+		vals[i] = copy[i];
+	}
+	if (!reply)
+		vals[0] = "unreachable";
+	if (l->json) {
+		printf("%s{\"mountpoint\":", l->n ? "," : "");
+		json_string(mi->mnt);
+		for (size_t i = 0; i < 9; i++) {
+			printf(",\"%s\":", keys[i]);
+			json_string(vals[i]);
+		}
+		putchar('}');
+	} else {
+		if (!l->n)
+			printf("%-40s %-11s %-8s %-9s %-9s %-9s %s\n", "MOUNTPOINT", "STATE",
+			       "ENGINE", "PROXY", "PID", "UPTIME", "RESTARTS");
+		printf("%-40s %-11s %-8s %-9s %-9s %-9s %s\n", mi->mnt, vals[0], vals[1],
+		       vals[2], vals[3], vals[4], vals[5]);
+	}
+	l->n++;
+	free(reply);
+	return 0;
+}
+
+static int cmd_list(bool json)
+{
+	struct lister l = { .json = json };
+	int ret;
+
+	if (json)
+		putchar('[');
+	ret = fs_mountinfo_each(NULL, list_one, &l);
+	if (json)
+		printf("]\n");
+	if (ret < 0) {
+		fprintf(stderr, "%s: error: cannot read the mount table: %s\n", prog, strerror(-ret));
+		return 1;
+	}
+	return 0;
+}
+
+/* Ready: mounted as fuse.lazarusfs and its proxy answers. */
+static int cmd_wait(const char *mnt, double timeout)
+{
+	char *real = realpath(mnt, NULL), sock[4200], *reply = NULL;
+	const char *why = "not a lazarusfs mount";
+	const char *path = real ? real : mnt;
+	struct timespec ts;
+	double end, now;
+	int ret = 1;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	end = ts.tv_sec + ts.tv_nsec / 1e9 + timeout;
+	for (;;) {
+		if (fs_mountinfo_find(path, "fuse.lazarusfs", NULL) <= 0) {
+			why = "not a lazarusfs mount";
+		} else if (ctl_socket(NULL, path, sock, sizeof(sock)) ||
+			   fs_ctl_request(sock, "status", &reply, CTL_TIMEOUT_MS)) {
+			why = "mounted, but its proxy does not answer";
+		} else {
+			printf("ready: %s (state %s)\n", path, field(reply, "state"));
+			ret = 0;
+			break;
+		}
+		free(reply);
+		reply = NULL;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		now = ts.tv_sec + ts.tv_nsec / 1e9;
+		if (now >= end)
+			break;
+		usleep(100000);
+	}
+	if (ret)
+		fprintf(stderr, "%s: %s: not ready after %g s: %s\n", prog, path, timeout, why);
+	free(reply);
+	free(real);
+	return ret;
 }
 
 /* One request; prints the error itself.  Returns 0, or 1 on failure. */
@@ -370,6 +526,50 @@ static void progress(struct warm *w, double t0, bool tty, bool final)
 	fflush(stdout);
 }
 
+/*
+ * The proxy stores the blocks read ahead for a reader in the background:
+ * wait until every file is wholly cached (at most WARM_SETTLE_S seconds),
+ * so that the cache is complete when warmup returns, and say which files
+ * stay incomplete (the tiers are too small, or a file changed meanwhile).
+ */
+static void warm_settle(struct warm *w)
+{
+	bool *left = calloc(w->nfiles ? w->nfiles : 1, sizeof(*left));
+	double end = now_s() + WARM_SETTLE_S;
+	size_t n = w->nfiles;
+	char cmd[PATH_MAX + 64], *reply;
+
+	if (!left)
+		return;
+	for (size_t i = 0; i < w->nfiles; i++)
+		left[i] = true;
+	for (;;) {
+		n = 0;
+		for (size_t i = 0; i < w->nfiles; i++) {
+			if (!left[i])
+				continue;
+			snprintf(cmd, sizeof(cmd), "contains 0 %llu %s",
+				 (unsigned long long)w->files[i].size, w->files[i].key);
+			if (!fs_ctl_request(w->sock, cmd, &reply, CTL_TIMEOUT_MS)) {
+				left[i] = reply[0] != '1';
+				free(reply);
+			}
+			n += left[i];
+		}
+		if (!n || now_s() >= end)
+			break;
+		usleep(100 * 1000);
+	}
+	for (size_t i = 0, shown = 0; i < w->nfiles && shown < 5; i++)
+		if (left[i] && ++shown)
+			fprintf(stderr, "%s: warning: %s/%s is not wholly cached\n", prog, w->mnt,
+				w->files[i].key);
+	if (n)
+		fprintf(stderr, "%s: warning: %zu of %zu files not wholly cached (tiers too small, "
+			"or files changed)\n", prog, n, w->nfiles);
+	free(left);
+}
+
 static int cmd_warmup(const char *sock, const char *mnt, char **paths, int npaths, int jobs)
 {
 	struct warm w = { .sock = sock, .mnt = mnt };
@@ -431,6 +631,8 @@ static int cmd_warmup(const char *sock, const char *mnt, char **paths, int npath
 	}
 	for (int i = 0; i < started; i++)
 		pthread_join(th[i], NULL);
+	if (!w.errors)
+		warm_settle(&w);
 	progress(&w, t0, tty, true);
 	if (w.errors)
 		rc = 1;
@@ -447,6 +649,7 @@ int main(int argc, char **argv)
 		{ "state-dir", required_argument, NULL, 's' },
 		{ "json", no_argument, NULL, 'J' },
 		{ "jobs", required_argument, NULL, 'j' },
+		{ "timeout", required_argument, NULL, 't' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 },
@@ -454,10 +657,11 @@ int main(int argc, char **argv)
 	const char *state_dir = getenv("LAZARUSFS_STATE_DIR"), *cmd;
 	char sock[4200], *reply = NULL, *mnt;
 	bool json = false;
+	double timeout = 10;
 	int c, ret, jobs = WARM_JOBS;
 
-	if (!state_dir || !*state_dir)
-		state_dir = LAZARUSFS_STATE_DIR;
+	if (state_dir && !*state_dir)
+		state_dir = NULL;
 	while ((c = getopt_long(argc, argv, "hVj:", longopts, NULL)) != -1) {
 		switch (c) {
 		case 's':
@@ -473,6 +677,13 @@ int main(int argc, char **argv)
 				return 2;
 			}
 			break;
+		case 't':
+			timeout = atof(optarg);
+			if (timeout < 0) {
+				fprintf(stderr, "%s: error: --timeout wants seconds >= 0\n", prog);
+				return 2;
+			}
+			break;
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -484,11 +695,15 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
+	if (argc - optind == 1 && !strcmp(argv[optind], "list"))
+		return cmd_list(json);
 	if (argc - optind < 2) {
 		usage(stderr);
 		return 2;
 	}
 	cmd = argv[optind];
+	if (!strcmp(cmd, "wait"))
+		return argc - optind == 2 ? cmd_wait(argv[optind + 1], timeout) : (usage(stderr), 2);
 	if ((!strcmp(cmd, "status") || !strcmp(cmd, "stats")) ? argc - optind != 2 :
 	    !strcmp(cmd, "warmup") ? argc - optind < 3 : strcmp(cmd, "evict")) {
 		usage(stderr);
@@ -498,7 +713,7 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	ret = fs_ctl_path(state_dir, argv[optind + 1], sock, sizeof(sock));
+	ret = ctl_socket(state_dir, argv[optind + 1], sock, sizeof(sock));
 	if (ret) {
 		fprintf(stderr, "%s: error: %s: state directory path too long\n", prog,
 			strerror(-ret));

@@ -4,7 +4,7 @@
 Subcommands:
   fio JSONFILE read|write
       Sum a fio --output-format=json result over its jobs. Prints one line:
-        "<MiB/s> <IOPS> <ios-per-job,comma-separated> <errors>"
+        "<MiB/s> <IOPS> <ios-per-job,comma-separated> <errors> <bytes>"
       Aggregate bandwidth = sum(io_bytes) / max(job runtime): the jobs run
       concurrently, so this is what the application as a whole got.
   meta JSONLINES
@@ -43,11 +43,11 @@ def fio_summary(path, ddir):
         per_job.append(str(d["total_ios"]))
         errors += job.get("total_err", 0) or (1 if job.get("error") else 0)
     if max_rt <= 0:
-        print("NA NA %s %d" % (",".join(per_job), errors))
+        print("NA NA %s %d %d" % (",".join(per_job), errors, total_bytes))
         return
     secs = max_rt / 1000.0
-    print("%.1f %.1f %s %d" % (total_bytes / secs / 1048576.0, total_ios / secs,
-                               ",".join(per_job), errors))
+    print("%.1f %.1f %s %d %d" % (total_bytes / secs / 1048576.0, total_ios / secs,
+                                  ",".join(per_job), errors, total_bytes))
 
 
 def meta_summary(path):
@@ -111,6 +111,10 @@ SHORT = {
     "meta_openclose": "open/close", "meta_unlink": "unlink",
 }
 SYSTEMS = ["engine", "lazarusfs", "rclone", "local", "lzcache"]
+EPOCHS = [("epoch1_files_s", "epoch 1"), ("epoch2_files_s", "epoch 2")]
+# sequential read jobs with CPU samples (bench/run cpu_rec): METRIC_proxy_cpu,
+# METRIC_engine_cpu, CPU seconds per GiB read
+CPU_JOBS = ["seqread1_cold", "seqread4_cold", "seqread1_warm", "seqread4_warm"]
 EXTRA = [
     ("mount_ms", "mount time (spawn to mounted)", "ms"),
     ("first_access_ms", "first access (stat of a file after mount)", "ms"),
@@ -179,6 +183,109 @@ def spread(vals, key):
     return " (%s–%s)" % (fmt(min(v)), fmt(max(v)))
 
 
+def status(ok):
+    return "not measured" if ok is None else ("met" if ok else "**MISSED**")
+
+
+def issue14_targets(w, vals, engines, reps):
+    """The epoch and proxy-CPU targets of issue 14, met or missed."""
+    rows = []  # (target, measured, ok)
+    goals = {"bindfs": (0.8, 1.2), "sshfs": (1.0, 2.0)}
+    for eng in [e for e in ("bindfs", "sshfs") if e in engines]:
+        g1, g2 = goals[eng]
+        for m, sysname, goal, label in [
+                ("epoch1_files_s", "engine", g1, "epoch 1 ≥ %.1f× %s alone" % (g1, eng)),
+                ("epoch2_files_s", "engine", g2, "epoch 2 ≥ %.1f× %s alone" % (g2, eng)),
+                ("epoch2_files_s", "local", 0.7, "epoch 2 ≥ 0.7× local disk")]:
+            r = ratio(med(vals, (eng, "lzcache", m)), med(vals, (eng, sysname, m)))
+            rows.append(("lazarusfs+cache (ro) over %s: %s" % (eng, label), fmt_ratio(r),
+                         None if r is None else r >= goal))
+    for eng in engines:
+        for sysname, name in [("lazarusfs", "lazarusfs"), ("lzcache", "lazarusfs+cache")]:
+            if not any(k[:2] == (eng, sysname) for k in vals):
+                continue
+            for kind in ("cold", "warm"):
+                got, oks = [], []
+                for m in ("seqread1_" + kind, "seqread4_" + kind):
+                    lz = med(vals, (eng, sysname, m + "_proxy_cpu"))
+                    rc = med(vals, (eng, "rclone", m + "_proxy_cpu"))
+                    got.append("%s vs %s" % (fmt(lz), fmt(rc)))
+                    if lz is not None and rc is not None:
+                        oks.append(lz < rc)
+                rows.append(("%s over %s: proxy CPU s/GiB, %s seq read 1 / 4 jobs, < rclone's"
+                             % (name, eng, kind), "; ".join(got),
+                             all(oks) if oks else None))
+    if not rows:
+        return
+    w("## Epoch and proxy CPU targets (issue 14; median of %d run%s)"
+      % (reps, "" if reps == 1 else "s"))
+    w("")
+    w("Epoch targets need a run with `--cache-opts`. CPU: lazarusfs's figure vs rclone's, "
+      "1 job then 4 jobs.")
+    w("")
+    w("| target | measured | status |")
+    w("|---|---|---|")
+    for text, v, ok in rows:
+        w("| %s | %s | %s |" % (text, v, status(ok)))
+    w("")
+
+
+def epoch_table(w, vals, engines, reps, info):
+    if not any(k[2] == m for k in vals for m, _ in EPOCHS):
+        return
+    w("## Training epoch (files/s, median of %d run%s)" % (reps, "" if reps == 1 else "s"))
+    w("")
+    w("%s; walked, then read whole in shuffled order by 4 threads (`bench/epoch.py`). "
+      "Every system mounted afresh for the epoch, lazarusfs+cache read-only (`ro`); "
+      "epoch 1 cold, epoch 2 on the same mount; page, dentry and inode caches dropped "
+      "before each. local disk reads the whole tree." % (info or "the epoch tree"))
+    w("")
+    w("| engine | epoch | engine | lazarusfs | lazarusfs+cache | rclone | local "
+      "| lz/engine | +cache/engine | rclone/engine | lz/local | +cache/local |")
+    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for eng in engines:
+        for m, label in EPOCHS:
+            v = {s: med(vals, (eng, s, m)) for s in SYSTEMS}
+            w("| %s | %s | %s | %s%s | %s%s | %s | %s | %s | %s | %s | %s | %s |" % (
+                eng, label, fmt(v["engine"]), fmt(v["lazarusfs"]),
+                spread(vals, (eng, "lazarusfs", m)), fmt(v["lzcache"]),
+                spread(vals, (eng, "lzcache", m)), fmt(v["rclone"]), fmt(v["local"]),
+                fmt_ratio(ratio(v["lazarusfs"], v["engine"])),
+                fmt_ratio(ratio(v["lzcache"], v["engine"])),
+                fmt_ratio(ratio(v["rclone"], v["engine"])),
+                fmt_ratio(ratio(v["lazarusfs"], v["local"])),
+                fmt_ratio(ratio(v["lzcache"], v["local"]))))
+    w("")
+
+
+def cpu_table(w, vals, eng, has_cache):
+    """CPU seconds per GiB of the serving processes over the sequential reads."""
+    if not any(k[0] == eng and k[2].endswith("_cpu") for k in vals):
+        return
+    cols = [("engine", "engine", "engine alone"),
+            ("lazarusfs", "proxy", "lazarusfs"), ("lazarusfs", "engine", "its engine")]
+    if has_cache:
+        cols += [("lzcache", "proxy", "lazarusfs+cache"), ("lzcache", "engine", "its engine")]
+    cols.append(("rclone", "proxy", "rclone"))
+    if eng == "bindfs":
+        cols.append(("rclone", "engine", "bindfs under rclone"))
+    w("CPU seconds per GiB read by the serving processes (lower is better; proxy and "
+      "the engine it started apart, see the method):")
+    w("")
+    w("| job | %s | lz/rclone |%s" % (" | ".join(c[2] for c in cols),
+                                     " +cache/rclone |" if has_cache else ""))
+    w("|---|%s---:|%s" % ("---:|" * len(cols), "---:|" if has_cache else ""))
+    for m in CPU_JOBS:
+        def cpu(sysname, what):
+            return med(vals, (eng, sysname, "%s_%s_cpu" % (m, what)))
+        rc = cpu("rclone", "proxy")
+        w("| %s | %s | %s |%s" % (
+            SHORT[m], " | ".join(fmt(cpu(s, x)) for s, x, _ in cols),
+            fmt_ratio(ratio(cpu("lazarusfs", "proxy"), rc)),
+            (" %s |" % fmt_ratio(ratio(cpu("lzcache", "proxy"), rc))) if has_cache else ""))
+    w("")
+
+
 def report(argv):
     import argparse
     ap = argparse.ArgumentParser(prog="benchlib report")
@@ -188,12 +295,13 @@ def report(argv):
     ap.add_argument("stem")
     ap.add_argument("--mode", default="full")
     ap.add_argument("--reps", type=int, default=1)
-    ap.add_argument("--engines", default="bindfs,sshfs")
+    ap.add_argument("--engines", default="bindfs,sshfs,s3fs")
     ap.add_argument("--header", default="")
     ap.add_argument("--chaos", default="")
     ap.add_argument("--profiles", default="")
     ap.add_argument("--method", default="")
     ap.add_argument("--missed-out", default="")
+    ap.add_argument("--epoch-info", default="")
     a = ap.parse_args(argv)
 
     vals = load_tsv(a.tsv)
@@ -244,10 +352,9 @@ def report(argv):
     w("|---|---|---|")
     missed = []
     for text, v, ok, m in targets:
-        st = "not measured" if ok is None else ("met" if ok else "**MISSED**")
         if ok is False:
             missed.append(m)
-        w("| %s | %s | %s |" % (text, v, st))
+        w("| %s | %s | %s |" % (text, v, status(ok)))
     w("")
     if a.missed_out:
         with open(a.missed_out, "w") as f:
@@ -281,9 +388,11 @@ def report(argv):
         w("| target | measured | status |")
         w("|---|---|---|")
         for text, v, ok in ctargets:
-            st = "not measured" if ok is None else ("met" if ok else "**MISSED**")
-            w("| %s | %s | %s |" % (text, v, st))
+            w("| %s | %s | %s |" % (text, v, status(ok)))
         w("")
+
+    issue14_targets(w, vals, engines, a.reps)
+    epoch_table(w, vals, engines, a.reps, a.epoch_info)
 
     w("![lazarusfs ratios: over the engine, over rclone, over local disk](%s.svg)" % a.stem)
     w("")
@@ -291,7 +400,9 @@ def report(argv):
     # ---- per engine tables
     chart_rows = []
     for eng in engines:
-        rname = "rclone (local remote over bindfs)" if eng == "bindfs" else "rclone (sftp remote)"
+        rname = {"bindfs": "rclone (local remote over bindfs)",
+                 "s3fs": "rclone (its S3 backend against the same s3rver)"}.get(
+                     eng, "rclone (sftp remote)")
         w("## Engine: %s" % eng)
         w("")
         w("Systems: **engine** = %s mounted alone; **lazarusfs** = lazarusfs over %s; "
@@ -313,6 +424,12 @@ def report(argv):
                 spread(vals, (eng, "lazarusfs", m)), fmt(v["rclone"]), fmt(v["local"]),
                 fmt_ratio(r1), fmt_ratio(r2), fmt_ratio(r3)))
             chart_rows.append((eng, SHORT[m], r1, r2, r3,
+                               ratio(v["lzcache"], v["engine"])))
+        for m, label in EPOCHS:
+            v = {s: med(vals, (eng, s, m)) for s in SYSTEMS}
+            chart_rows.append((eng, label, ratio(v["lazarusfs"], v["engine"]),
+                               ratio(v["lazarusfs"], v["rclone"]),
+                               ratio(v["lazarusfs"], v["local"]),
                                ratio(v["lzcache"], v["engine"])))
         w("")
         has_cache = any(k[0] == eng and k[1] == "lzcache" for k in vals)
@@ -340,6 +457,7 @@ def report(argv):
                 fmt(v["rclone"], unit),
                 (" %s |" % fmt(v["lzcache"], unit)) if has_cache else ""))
         w("")
+        cpu_table(w, vals, eng, has_cache)
 
     if a.chaos and os.path.exists(a.chaos):
         with open(a.chaos) as f:

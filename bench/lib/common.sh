@@ -55,7 +55,7 @@ for i in range(0, len(b), 4096): b[i] = 1' "$1" 2>/dev/null
 pid_alive() {
 	local st _x
 	[ -r "/proc/$1/stat" ] || return 1
-	read -r _x _x st _x <"/proc/$1/stat" 2>/dev/null || return 1
+	read -r _x _x st _x 2>/dev/null <"/proc/$1/stat" || return 1
 	[ "$st" != Z ]
 }
 
@@ -108,6 +108,39 @@ rss_kib() {
 		fi
 	done <"/proc/$1/status" 2>/dev/null
 	echo NA
+}
+
+# proc_ticks PID: "SELF TREE", CPU time in clock ticks (getconf CLK_TCK).
+# SELF = utime+stime of PID (all its threads); TREE = SELF plus, for PID and
+# every live descendant, the descendant's utime+stime and the cutime+cstime
+# of children already reaped. "0 0" when PID is gone. Scans /proc (this
+# kernel has no /proc/PID/task/TID/children); shell builtins only.
+proc_ticks() {
+	local root=$1 f s pid q self=0 tree=0
+	local -a a
+	local -A kids own reaped
+	for f in /proc/[0-9]*/stat; do
+		read -r s 2>/dev/null <"$f" || continue
+		pid=${s%% *}
+		# after "pid (comm) ": state ppid ... utime(11) stime cutime cstime
+		read -r -a a <<<"${s##*) }"
+		kids[${a[1]}]+=" $pid"
+		own[$pid]=$((a[11] + a[12]))
+		reaped[$pid]=$((a[13] + a[14]))
+	done
+	[ -n "${own[$root]:-}" ] || { echo "0 0"; return 0; }
+	self=${own[$root]}
+	q=$root
+	while [ -n "$q" ]; do
+		# shellcheck disable=SC2086  # a list of pids
+		set -- $q
+		pid=$1
+		shift
+		q="$* ${kids[$pid]:-}"
+		q=${q# }
+		tree=$((tree + ${own[$pid]:-0} + ${reaped[$pid]:-0}))
+	done
+	echo "$self $tree"
 }
 
 bench_track_mount() { BENCH_MOUNTS+=("$1"); }
@@ -232,3 +265,33 @@ load_sshd_lib() {
 		SSHD_LIB=$BENCH_DIR/lib/sshd.sh
 	fi
 }
+
+# s3_setup DIR: a throwaway s3rver (tests/integration/s3rver.sh) with the
+# bucket lzbench, for the s3fs engine; sets S3FS_O (s3fs's words for it) and
+# an rclone S3 remote "lzbs3:" configured through the environment only.
+# s3fs gets the credentials from S3_ENV (engine_env for lazarusfs, the
+# environment for s3fs alone).  AWS_CA_BUNDLE, which some machines set,
+# makes rclone's S3 backend refuse a plain http endpoint: unset for rclone.
+s3_setup() {
+	command -v s3fs >/dev/null || die "missing program: s3fs (install-deps.sh)"
+	# shellcheck source=/dev/null
+	. "$SRC_DIR/tests/integration/s3rver.sh"
+	s3rver_available || die "s3rver 3.x is not installed (install-deps.sh)"
+	s3rver_start "$1" lzbench || die "s3rver did not start"
+	S3FS_O=$(s3rver_s3fs_opts)
+	# shellcheck source=/dev/null
+	. "$S3_ENV"
+	export RCLONE_CONFIG_LZBS3_TYPE=s3 RCLONE_CONFIG_LZBS3_PROVIDER=Other \
+		RCLONE_CONFIG_LZBS3_ENDPOINT=$S3RVER_URL RCLONE_CONFIG_LZBS3_REGION=us-east-1 \
+		RCLONE_CONFIG_LZBS3_FORCE_PATH_STYLE=true \
+		RCLONE_CONFIG_LZBS3_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID \
+		RCLONE_CONFIG_LZBS3_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
+	unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
+}
+
+# s3fs_alone: the s3fs command line lazarusfs's s3fs profile runs (fs/profile.c)
+s3fs_alone() { # BUCKET MNT
+	echo "s3fs $1 $2 -f -o allow_other,retries=1000000,logfile=/dev/stderr,nomixupload $S3FS_O"
+}
+
+s3_rclone() { env -u AWS_CA_BUNDLE rclone --config /dev/null "$@"; }

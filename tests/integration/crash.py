@@ -7,8 +7,14 @@ the scenario.  Used by test_crash.sh; run with /usr/bin/python3.
   crash.py write   MNT SRC STATE   write 256 MiB through one fd, kill 3 times
   crash.py readdir MNT SRC STATE   list 3000 entries, kill partway
   crash.py unlink  MNT SRC STATE   open, unlink, kill, read+write the fd, close
-  crash.py hang    MNT SRC STATE   SIGSTOP the engine during reads
+  crash.py hang    MNT SRC STATE   SIGSTOP the engine during reads (64 MiB)
+
+SRC is the engine's source directory (for s3fs: the bucket seen through a
+plain s3fs mount).  CRASH_MIB=N makes the read, write and hang files N MiB
+and CRASH_FILES=N the listing N entries, the kills at the same fractions,
+for engines too slow for the full sizes (s3fs against s3rver).
 """
+import ast
 import hashlib
 import os
 import signal
@@ -17,34 +23,88 @@ import sys
 import time
 
 MIB = 1 << 20
+SIZE_MIB = int(os.environ.get("CRASH_MIB", "256"))
+NFILES = int(os.environ.get("CRASH_FILES", "3000"))
 LAZARUSCTL = os.path.join(os.environ.get("BUILD_DIR", "."), "lazarusctl")
 
 
+class Killer:
+    """A process forked before any test file is opened, which asks
+    lazarusctl for the engine's state and signals the engine on orders
+    over a pipe.  A child of ours that inherited the test's descriptors
+    would close them before exec, the kernel would send FLUSH for each, the
+    journal would be retired, and the kill would find nothing to replay."""
+
+    def __init__(self):
+        r1, self.w = os.pipe()
+        self.r, w2 = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            os.close(self.w)
+            os.close(self.r)
+            self._serve(os.fdopen(r1, "r"), os.fdopen(w2, "w"))
+            os._exit(0)
+        os.close(r1)
+        os.close(w2)
+        self.out = os.fdopen(self.w, "w")
+        self.inp = os.fdopen(self.r, "r")
+
+    @staticmethod
+    def _status(mnt, state):
+        out = subprocess.run([LAZARUSCTL, "--state-dir", state, "status", mnt],
+                             capture_output=True, text=True, check=True).stdout
+        return dict(l.split(": ", 1) for l in out.splitlines() if ": " in l)
+
+    def _serve(self, inp, out):
+        for line in inp:
+            cmd, mnt, state, arg = line.rstrip("\n").split("\t")
+            try:
+                if cmd == "status":
+                    reply = repr(self._status(mnt, state))
+                else:           # kill SIG: wait for a running engine, signal it
+                    end = time.time() + 30
+                    st = self._status(mnt, state)
+                    while not (st["state"] == "running" and st["pid"] != "0"):
+                        if time.time() > end:
+                            raise RuntimeError("engine not running within 30s: %s" % st)
+                        time.sleep(0.05)
+                        st = self._status(mnt, state)
+                    pid = int(st["pid"])
+                    try:
+                        os.killpg(pid, int(arg))  # with its helpers (ssh for sshfs)
+                    except ProcessLookupError:
+                        os.kill(pid, int(arg))
+                    reply = str(pid)
+            except Exception as e:  # report, do not die: the test decides
+                reply = "ERROR " + str(e).replace("\n", " ")
+            out.write(reply + "\n")
+            out.flush()
+
+    def ask(self, cmd, mnt, state, arg=""):
+        self.out.write("%s\t%s\t%s\t%s\n" % (cmd, mnt, state, arg))
+        self.out.flush()
+        reply = self.inp.readline().rstrip("\n")
+        if reply.startswith("ERROR "):
+            sys.exit("FAIL: " + reply[6:])
+        return reply
+
+
+KILLER = None
+
+
 def status(mnt, state):
-    out = subprocess.run([LAZARUSCTL, "--state-dir", state, "status", mnt],
-                         capture_output=True, text=True, check=True).stdout
-    return dict(l.split(": ", 1) for l in out.splitlines() if ": " in l)
-
-
-def engine_pid(mnt, state, timeout=30):
-    """The running engine's pid (waits for the engine to be running)."""
-    end = time.time() + timeout
-    while time.time() < end:
-        st = status(mnt, state)
-        if st["state"] == "running" and st["pid"] != "0":
-            return int(st["pid"])
-        time.sleep(0.05)
-    sys.exit("FAIL: engine not running within %ss: %s" % (timeout, status(mnt, state)))
+    return ast.literal_eval(KILLER.ask("status", mnt, state))
 
 
 def kill_engine(mnt, state, sig=signal.SIGKILL):
-    pid = engine_pid(mnt, state)
-    try:
-        os.killpg(pid, sig)     # the engine and its helpers (ssh for sshfs)
-    except ProcessLookupError:
-        os.kill(pid, sig)
+    pid = int(KILLER.ask("kill", mnt, state, str(int(sig))))
     print("sent signal %d to engine %d" % (sig, pid), flush=True)
     return pid
+
+
+def scale(n, full, size):
+    """Position n of a scenario of `full` blocks or entries, for `size`."""
+    return n * size // full
 
 
 def block(i):
@@ -62,9 +122,9 @@ def make_source(path, blocks):
 
 
 def read_scenario(mnt, src, state):
-    blocks = 256
+    blocks = SIZE_MIB
     make_source(os.path.join(src, "stream.bin"), blocks)
-    kills = {40, 120, 200}
+    kills = {scale(k, 256, blocks) for k in (40, 120, 200)}
     fd = os.open(os.path.join(mnt, "stream.bin"), os.O_RDONLY)
     for i in range(blocks):
         if i in kills:
@@ -84,8 +144,8 @@ def read_scenario(mnt, src, state):
 
 
 def write_scenario(mnt, src, state):
-    blocks = 256
-    kills = {30, 110, 230}
+    blocks = SIZE_MIB
+    kills = {scale(k, 256, blocks) for k in (30, 110, 230)}
     name = "written.bin"
     fd = os.open(os.path.join(mnt, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     for i in range(blocks):
@@ -108,7 +168,7 @@ def write_scenario(mnt, src, state):
 
 def readdir_scenario(mnt, src, state):
     d = os.path.join(src, "many")
-    n = 3000
+    n = NFILES
     if not os.path.isdir(d):
         os.mkdir(d)
         for i in range(n):
@@ -119,7 +179,7 @@ def readdir_scenario(mnt, src, state):
         for e in it:
             seen.append(e.name)
             e.stat()    # touches the backend per entry
-            if len(seen) == 700 and not killed:
+            if len(seen) == scale(700, 3000, n) and not killed:
                 kill_engine(mnt, state)
                 killed = True
     want = sorted("f%05d" % i for i in range(n))
@@ -163,14 +223,14 @@ def unlink_scenario(mnt, src, state):
 
 
 def hang_scenario(mnt, src, state):
-    blocks = 64
+    blocks = min(64, SIZE_MIB)
     make_source(os.path.join(src, "hang.bin"), blocks)
     hang_timeout = float(os.environ.get("HANG_TIMEOUT", "3"))
     fd = os.open(os.path.join(mnt, "hang.bin"), os.O_RDONLY | os.O_DIRECT)
     buf = bytearray(MIB)
     stall = 0.0
     for i in range(blocks):
-        if i == 20:
+        if i == scale(20, 64, blocks):
             kill_engine(mnt, state, signal.SIGSTOP)
         t0 = time.time()
         m = memoryview(buf)
@@ -193,6 +253,7 @@ SCENARIOS = {"read": read_scenario, "write": write_scenario,
 
 if __name__ == "__main__":
     scen, mnt, src, state = sys.argv[1:5]
+    KILLER = Killer()           # before any file of the test is open
     before = int(status(mnt, state)["recoveries"])
     kills = SCENARIOS[scen](mnt, src, state)
     after = int(status(mnt, state)["recoveries"])

@@ -37,6 +37,20 @@ restrict this exerciser to what the engine does support:
   --no-dotdot-links readlink fails for targets with ".." (sshfs)
   --create-mask M   mode bits the engine drops at create/mkdir time
   --errno-alias B:A the engine reports errno A where a local FS says B
+  --meta-after-close  a file written through an open fd keeps showing the
+                    owner, mode and mtime it had until its last close (s3fs
+                    1.90: chown, chmod and utime take effect, but show only
+                    after the upload): no chown/chmod/utime of such a file,
+                    no operations as another user (the proxy gives a new
+                    file its creator's ownership with a chown), and no
+                    setgid bit (a new file's group is then a chown too)
+  --no-rdonly-trunc the engine refuses O_RDONLY|O_TRUNC (s3fs: EACCES)
+  --sync-writes     the engine's stat of a file with writes it has not
+                    uploaded yet is unreliable (s3fs 1.90, with or without
+                    lazarusfs: an ftruncate does not show, a new file
+                    vanishes once another fd of it is closed): every open,
+                    pwrite and ftruncate through an fd is followed by an
+                    fsync of that fd, in both trees
 --no-link also stands for hard links whose names the engine does not keep
 coherent (it caches attributes per name, so a change made through one name
 is not seen through the other for a while: bindfs and sshfs with their
@@ -266,9 +280,23 @@ class Exerciser:
         # FUSE client clears setgid only with group execute (fuse_setattr),
         # on any FUSE file system.  Not the proxy's doing: leave it out.
         kept = m if umask is None else m & ~umask & ~self.a.create_mask
-        if kept & 0o2010 == 0o2000:
+        if kept & 0o2010 == 0o2000 or self.a.meta_after_close:
             m &= ~0o2000
         return m
+
+    def written_open(self, path, follow=True):
+        """Is B's `path` a file that a slot has open and has written to
+        (or created)?  See --meta-after-close."""
+        try:
+            st = os.stat(self.p("B", path), follow_symlinks=follow)
+        except OSError:
+            return False
+        for sl in self.slots.values():
+            if sl.get("written") and "B" in sl:
+                f = os.fstat(sl["B"])
+                if (f.st_dev, f.st_ino) == (st.st_dev, st.st_ino):
+                    return True
+        return False
 
     def data(self):
         n = self.rng.choice([0, 1, 7, 100, 512, 4096, 5000, self.rng.randrange(20000)])
@@ -332,6 +360,8 @@ class Exerciser:
                     flags |= f
             if flags & os.O_CREAT and rng.random() < 0.3:
                 flags |= os.O_EXCL
+            if self.a.no_rdonly_trunc and acc == os.O_RDONLY:
+                flags &= ~os.O_TRUNC
             umask = rng.choice(UMASKS)
             args = dict(path=self.path("file"), flags=flags, mode=self.mode(umask),
                         umask=umask)
@@ -397,7 +427,10 @@ class Exerciser:
         elif name in ("getxattr", "removexattr"):
             args = dict(path=self.path(rng.choice(["file", "dir"])), name=rng.choice(XNAMES),
                         follow=rng.random() < 0.8)
-        user = rng.random() < 0.3
+        user = rng.random() < 0.3 and not self.a.meta_after_close
+        if self.a.meta_after_close and name in ("chmod", "chown", "utime") and \
+                self.written_open(args["path"], args.get("follow", True)):
+            name, args = "stat", dict(path=args["path"], follow=args.get("follow", True))
         return name, args, user
 
     def run_op(self, i, name, args, user):
@@ -407,6 +440,7 @@ class Exerciser:
                             " as uid %d" % self.a.uid if user else "")
         paths = [args[k] for k in ("path", "src", "dst") if k in args]
         slots = [args["slot"]] if "slot" in args and name != "close" else []
+        before = set(self.slots)
         out = {}
         for side in ("A", "B"):
             fn = getattr(self, "op_" + name)
@@ -428,6 +462,15 @@ class Exerciser:
                 if s in self.slots and not self.removed_dir(s):
                     post.append(res(lambda: St(os.fstat(self.slots[s][side]))))
             out[side] = (r, post)
+        # which slots hold written files (--meta-after-close and
+        # --src-after-close), conservatively: any write or truncate, and any
+        # open that may have created or truncated the file
+        for sl in set(self.slots) - before:
+            if name in ("create", "open_unlink") or \
+                    args.get("flags", 0) & (os.O_CREAT | os.O_TRUNC):
+                self.slots[sl]["written"] = True
+        if name in ("pwrite", "ftruncate") and args["slot"] in self.slots:
+            self.slots[args["slot"]]["written"] = True
         if name == "utime" and out["B"][0][0] == "ok" and args["ns"]:
             st = lst(self.p("B", args["path"]), args["follow"])
             if isinstance(st, St):
@@ -495,6 +538,8 @@ class Exerciser:
         if r[0] != "ok":
             return r
         fd = r[1]
+        if self.a.sync_writes:
+            os.fsync(fd)
         st = res(lambda: St(os.fstat(fd)))
         if keep:
             if side == "A":
@@ -525,14 +570,23 @@ class Exerciser:
     def op_fsync(self, side, slot):
         return res(lambda: os.fsync(self.slots[slot][side]))
 
+    def synced(self, fd, fn):
+        """fn(), then (--sync-writes) an fsync of fd."""
+        r = fn()
+        if self.a.sync_writes:
+            os.fsync(fd)
+        return r
+
     def op_pwrite(self, side, slot, off, data):
-        return res(lambda: os.pwrite(self.slots[slot][side], data, off))
+        fd = self.slots[slot][side]
+        return res(lambda: self.synced(fd, lambda: os.pwrite(fd, data, off)))
 
     def op_pread(self, side, slot, off, n):
         return res(lambda: os.pread(self.slots[slot][side], n, off))
 
     def op_ftruncate(self, side, slot, size):
-        return res(lambda: os.ftruncate(self.slots[slot][side], size))
+        fd = self.slots[slot][side]
+        return res(lambda: self.synced(fd, lambda: os.ftruncate(fd, size)))
 
     def op_write_path(self, side, path, off, data, append):
         def go():
@@ -736,7 +790,7 @@ class Exerciser:
             # the engine's source is a local directory: link counts are
             # exact, once no open file holds a silly-renamed extra name
             saved = self.a.no_nlink, self.a.no_dir_nlink
-            if root == self.a.src and not self.slots:
+            if root == self.a.src and not self.slots and not self.a.src_via_engine:
                 self.a.no_nlink = self.a.no_dir_nlink = False
             try:
                 for rel in sorted(set(t) | set(b)):
@@ -841,15 +895,21 @@ def probe(d):
     except OSError:
         opts.append("--no-exchange")
     os.unlink(h)
+    # (a directory too, across a rename: s3fs copies its object anew)
+    md = os.path.join(base, "md")
+    os.mkdir(md, 0o777)
     try:
-        os.utime(f, ns=(1234567890123456789, 1234567890123456789))
-        m = os.stat(f).st_mtime_ns
-        if m == 1234567890000000000:
+        for p in (f, md):
+            os.utime(p, ns=(1234567890123456789, 1234567890123456789))
+        os.rename(md, md + "2")
+        ms = {os.stat(f).st_mtime_ns, os.stat(md + "2").st_mtime_ns}
+        if 1234567890000000000 in ms and "--mtime-seconds" not in opts:
             opts.append("--mtime-seconds")
-        elif m != 1234567890123456789:
+        elif ms - {1234567890000000000, 1234567890123456789}:
             raise OSError(errno.EIO, "mtime not kept")
     except OSError:
         sys.exit("probe: utime does not work on %s" % d)
+    os.rmdir(md + "2")
     ln = os.path.join(base, "l")
     os.symlink("f", ln)
     try:
@@ -878,6 +938,26 @@ def probe(d):
             raise OSError(errno.EIO, "not kept")
     except OSError:
         opts.append("--no-lutime")
+    try:
+        os.close(os.open(f, os.O_RDONLY | os.O_TRUNC))
+    except OSError:
+        opts.append("--no-rdonly-trunc")
+    # a file open with written data: metadata changes (s3fs shows them
+    # only after the last close), and a truncate (s3fs shows it only once
+    # the data was uploaded)
+    wf = os.path.join(base, "w")
+    fd = os.open(wf, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.write(fd, b"0123456789")
+        os.ftruncate(fd, 3)
+        if os.fstat(fd).st_size != 3:
+            opts.append("--sync-writes")
+        os.chmod(wf, 0o600)
+        if stat.S_IMODE(os.stat(wf).st_mode) != 0o600:
+            opts.append("--meta-after-close")
+    finally:
+        os.close(fd)
+    os.unlink(wf)
     # mode bits dropped at creation (an engine-side umask, setuid bits);
     # Linux's mkdir drops setuid and setgid itself (outside setgid parents)
     mask = 0
@@ -907,13 +987,18 @@ def main():
     ap.add_argument("seed", nargs="?", type=int)
     ap.add_argument("--probe", metavar="DIR")
     ap.add_argument("--src", help="the engine's source directory")
+    ap.add_argument("--src-via-engine", action="store_true",
+                    help="--src is seen through a plain mount of the engine "
+                    "(an object store's bucket): its link counts are as "
+                    "the engine reports them, not exact")
     ap.add_argument("--state-dir", help="lazarusfs state_dir (for open_handles)")
     ap.add_argument("--uid", type=int, default=1000)
     ap.add_argument("--gid", type=int, default=1000)
     ap.add_argument("-v", "--verbose", action="store_true")
     for f in ("no-xattr", "no-chown", "no-lchown", "no-link", "no-nlink",
               "no-dir-nlink", "no-exchange", "no-noreplace", "mtime-seconds",
-              "no-lutime", "no-dotdot-links"):
+              "no-lutime", "no-dotdot-links", "meta-after-close", "sync-writes",
+              "no-rdonly-trunc"):
         ap.add_argument("--" + f, action="store_true")
     ap.add_argument("--create-mask", type=lambda s: int(s, 8), default=0)
     ap.add_argument("--errno-alias", action="append", default=[], metavar="B:A",

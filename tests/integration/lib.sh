@@ -4,6 +4,7 @@
 #   lz_mount SRC MNT "engine=bindfs"  # mounts with state_dir=$T/state
 #   lz_status MNT state               # one field of `lazarusctl status`
 #   lz_kill_engine MNT                # kill -9 the engine's process group
+#   start_sshd / start_s3rver         # servers for the sshfs / s3fs engines
 #
 # Exit codes: 0 pass, 77 skip (no FUSE), anything else fail.  Everything a
 # test mounts or starts through these helpers is undone by the EXIT trap.
@@ -115,20 +116,78 @@ start_sshd() {
 	SSHFS_O=$(sshfs_o_list)
 }
 
+# start_s3rver: a throwaway s3rver on 127.0.0.1 (tests/integration/s3rver.sh)
+# with the bucket "lztest", and a plain s3fs mount of that bucket at
+# $S3_VIEW, without lazarusfs and without any cache, through which tests
+# write the engine's source files and check what reached the object store
+# (an s3fs engine's "source directory" is a directory of that view, see
+# engine_src_dir).  Sets S3FS_O, s3fs's words for this server.  Skips the
+# test (77) when s3rver or s3fs is not installed (install-deps.sh); tests
+# over several engines call maybe_s3rver instead, which sets S3FS_KIND to
+# s3fs, or leaves it empty and says why their s3fs part is skipped.
+s3_missing() {
+	. "$SRC_DIR/tests/integration/s3rver.sh"
+	if ! s3rver_available; then
+		echo "s3rver 3.x is not installed (npm install -g s3rver@3; see install-deps.sh)"
+	elif ! command -v s3fs >/dev/null; then
+		echo "s3fs is not installed (Debian package s3fs; see install-deps.sh)"
+	fi
+}
+maybe_s3rver() {
+	local why
+	why=$(s3_missing)
+	S3FS_KIND=
+	if [ -n "$why" ]; then
+		echo "SKIP of the s3fs part: $why"
+		return 0
+	fi
+	start_s3rver
+	S3FS_KIND=s3fs
+}
+start_s3rver() {
+	local why
+	why=$(s3_missing)
+	[ -z "$why" ] || { echo "SKIP: $why"; exit 77; }
+	. "$SRC_DIR/tests/integration/s3rver.sh"
+	s3rver_start "$T/s3rver" lztest || fail "s3rver did not start"
+	LZ_CLEANUP+=("s3rver_stop")
+	S3FS_O=$(s3rver_s3fs_opts)
+	S3_VIEW=$T/s3view
+	mkdir -p "$S3_VIEW"
+	# shellcheck disable=SC2086 # S3FS_O holds words
+	s3rver_env_run s3fs "$S3_BUCKET" "$S3_VIEW" $S3FS_O -o max_stat_cache_size=0 \
+		-o attr_timeout=0,entry_timeout=0,negative_timeout=0 ||
+		fail "s3fs did not mount the view of the bucket"
+	LZ_CLEANUP+=("fusermount3 -uz $S3_VIEW")
+	wait_for 10 mountpoint -q "$S3_VIEW" || fail "no s3fs view of the bucket"
+}
+
+# engine_src_dir KIND NAME: the directory that holds the engine's source for
+# KIND: $T/NAME, or for s3fs the directory NAME of the bucket, seen through
+# the view.  Created, empty.
+engine_src_dir() {
+	local d=$T/$2
+	[ "$1" = s3fs ] && d=$S3_VIEW/$2
+	mkdir -p "$d" && echo "$d"
+}
+
 # engine_opts KIND SRC: lazarusfs -o options for an engine over SRC
-# (KIND: bindfs, sshfs, bufengine)
+# (KIND: bindfs, sshfs, s3fs, bufengine)
 engine_opts() {
 	case $1 in
 	bindfs) echo "engine=bindfs" ;;
 	sshfs) echo "engine=sshfs,engine_opts=-o ${SSHFS_O//,/\\,}" ;;
+	s3fs) echo "engine=s3fs,engine_env=$S3_ENV,engine_opts=${S3FS_O//,/\\,}" ;;
 	bufengine) echo "engine_cmd=$BUILD_DIR/tests/bufengine -f {source} {mnt}" ;;
 	esac
 }
 
-# engine_source KIND DIR: the SOURCE argument for that engine
+# engine_source KIND DIR: the SOURCE argument for that engine (for s3fs,
+# DIR is a directory of $S3_VIEW and SOURCE is bucket:/path)
 engine_source() {
 	case $1 in
 	sshfs) echo "root@127.0.0.1:$2" ;;
+	s3fs) echo "$S3_BUCKET:/${2#"$S3_VIEW"/}" ;;
 	*) echo "$2" ;;
 	esac
 }

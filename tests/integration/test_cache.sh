@@ -1,5 +1,7 @@
 #!/bin/bash
-# The tiered block cache in the proxy, over bindfs and sshfs, with a small
+# The tiered block cache in the proxy, over bindfs, sshfs and s3fs (against
+# a local s3rver; its files are written and changed through a plain s3fs
+# mount of the bucket), with a small
 # MEM tier and an SSD tier (both directories in $T), 1 MiB blocks:
 #  - warmup fills the cache, a second warmup reads nothing (resumable);
 #  - with the engine frozen (SIGSTOP) and then killed (kill -9), open files
@@ -51,8 +53,9 @@ same_tree() {
 FILES="a.bin b.bin d/c.bin d/e.bin"
 
 start_sshd
-for kind in bindfs sshfs; do
-	src=$T/src-$kind mnt=$T/mnt-$kind mem=$T/mem-$kind ssd=$T/ssd-$kind
+maybe_s3rver
+for kind in bindfs sshfs $S3FS_KIND; do
+	src=$(engine_src_dir $kind src-$kind) mnt=$T/mnt-$kind mem=$T/mem-$kind ssd=$T/ssd-$kind
 	mkdir -p "$src/d" "$mem" "$ssd"
 	head -c $((3 * MIB + 17)) /dev/urandom >"$src/a.bin"
 	head -c $((5 * MIB)) /dev/urandom >"$src/b.bin"
@@ -62,6 +65,8 @@ for kind in bindfs sshfs; do
 	# sshfs caches attributes for 20 s and would hide a change behind our
 	# back (with or without our cache): off
 	[ $kind = sshfs ] && eo="$eo\\,cache=no"
+	# s3fs's stat cache (15 min) would too
+	[ $kind = s3fs ] && eo="$eo -o max_stat_cache_size=0"
 	opts="$eo,hang_timeout=10,block_size=1M,tier0=MEM:$mem:6M,tier1=SSD:$ssd:64M"
 
 	echo "== $kind: bad tier directory fails the mount"
@@ -137,16 +142,16 @@ for kind in bindfs sshfs; do
 	echo "$out" | grep -q "^evicted [1-9][0-9]* blocks" || fail "evict dropped nothing"
 	out=$(lz_ctl warmup "$mnt" d) || fail "warmup after evict"
 	echo "$out" | grep -q ": 0 B read" && fail "evicted blocks still cached"
-	ls "$LZ_STATE"/lazarusfs_cache_*.prom >/dev/null 2>&1 || fail "no prometheus textfile"
-	grep -q "^lazarusfs_cache_hits_total{mount=\"$mnt\"} [0-9]" "$LZ_STATE"/lazarusfs_cache_*.prom ||
-		fail "prometheus textfile lacks hits_total: $(head -5 "$LZ_STATE"/lazarusfs_cache_*.prom)"
+	ls "$LZ_STATE"/lazarusfs_*.prom >/dev/null 2>&1 || fail "no prometheus textfile"
+	grep -q "^lazarusfs_cache_hits_total{mountpoint=\"$mnt\"} [0-9]" "$LZ_STATE"/lazarusfs_*.prom ||
+		fail "prometheus textfile lacks hits_total: $(head -5 "$LZ_STATE"/lazarusfs_*.prom)"
 
 	echo "== $kind: proxy restart keeps the cache warm"
 	lz_ctl warmup "$mnt" . >/dev/null || fail "warmup before restart"
 	settle "$mnt"
 	fusermount3 -u "$mnt" || fail "unmount"
 	wait_for 10 no_procs "$T/state" || fail "processes left after unmount"
-	ls "$LZ_STATE"/lazarusfs_cache_*.prom >/dev/null 2>&1 && fail "textfile left after unmount"
+	ls "$LZ_STATE"/lazarusfs_*.prom >/dev/null 2>&1 && fail "textfile left after unmount"
 	lz_mount "$(engine_source $kind "$src")" "$mnt" "$opts"
 	wait_for 10 ctl_ready "$mnt" || fail "no control socket after remount"
 	same_tree "$src" "$mnt" a.bin b.bin d/c.bin d/c2.bin d/e.bin
@@ -174,6 +179,9 @@ for kind in bindfs sshfs; do
 		same_tree "$src.away" "$mnt" a.bin d/c.bin d/c2.bin d/e.bin
 		ms=$((($(date +%s%N) - t0) / 1000000))
 		echo "cached files opened and read with the engine offline in $ms ms"
+		# warmup listed d: its listing is the last seen
+		[ "$(ls "$mnt/d" | tr '\n' ' ')" = "$(ls "$src.away/d" | tr '\n' ' ')" ] ||
+			fail "listing with the engine offline: $(ls "$mnt/d" 2>&1)"
 		[ $ms -lt 2500 ] || fail "cached reads waited for the engine ($ms ms)"
 		[ "$(lz_status "$mnt" state)" = recovering ] || fail "the engine came back too early"
 		if out=$(cat "$mnt/b.bin" 2>&1 >/dev/null); then

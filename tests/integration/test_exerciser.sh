@@ -18,6 +18,15 @@
 #                 sshfs refuses symlink targets with "..", and its 20 s
 #                 attribute cache makes hard links incoherent: a reduced op
 #                 set.
+#   s3fs          s3fs against a local s3rver, a bucket:/path source.  S3
+#                 has no hard links, xattrs (s3fs without use_xattr),
+#                 directory link counts, renameat2 flags, or sub-second
+#                 mtimes in what it stores, and s3fs shows chown, chmod and
+#                 utime of a file written through an open fd only after its
+#                 last close (so no operations as another user either, whose
+#                 new files the proxy chowns): a reduced op set, probed on a
+#                 plain s3fs mount without its stat and attribute caches
+#                 (which would show the nanoseconds until they expire).
 #
 # What each engine lacks is not guessed: `exerciser.py --probe` tries the
 # operations on a plain mount of the engine (same engine options, no
@@ -28,8 +37,8 @@
 # different mode than the engine's source root.
 #
 # EX_SEED=N reproduces a run (the seed is printed), EX_SEED=random picks a
-# new one; EX_OPS_BINDFS,
-# EX_OPS_SSHFS set the number of operations.
+# new one; EX_OPS_BINDFS, EX_OPS_SSHFS and EX_OPS_S3FS set the number of
+# operations.
 . "$(dirname "$0")/lib.sh"
 
 EX=$SRC_DIR/tests/integration/exerciser.py
@@ -38,6 +47,7 @@ SEED=${EX_SEED:-82982649}
 [ "$SEED" = random ] && SEED=$((RANDOM * 32768 + RANDOM))
 OPS_BINDFS=${EX_OPS_BINDFS:-3000}
 OPS_SSHFS=${EX_OPS_SSHFS:-1500}
+OPS_S3FS=${EX_OPS_S3FS:-600}
 USER_ID=1000
 FAILED=()
 
@@ -64,30 +74,40 @@ plain_mount() {
 		bindfs --multithreaded $eopts "$src" "$mnt" ;;
 	sshfs)
 		sshfs "root@127.0.0.1:$src" "$mnt" -o "$SSHFS_O" ;;
+	s3fs)
+		# the profile's own options (fs/profile.c), minus s3fs's stat
+		# cache and the kernel's attribute cache: the probe must see
+		# what the store keeps
+		# shellcheck disable=SC2086 # S3FS_O and EOPTS are words
+		s3rver_env_run s3fs "$(engine_source s3fs "$src")" "$mnt" $S3FS_O \
+			-o allow_other,retries=1000000,nomixupload \
+			-o max_stat_cache_size=0,attr_timeout=0 $eopts ;;
 	esac
 }
 
 # run NAME KIND OPS [ENGINE_OPTS]: probe the engine, then run the exerciser
 # over lazarusfs with that engine
 run() {
-	local name=$1 kind=$2 ops=$3 eopts=${4:-} src ref mnt feat opts rc
-	src=$T/src-$name ref=$T/ref-$name mnt=$T/mnt-$name
+	local name=$1 kind=$2 ops=$3 eopts=${4:-} src psrc ref mnt feat opts rc
+	src=$(engine_src_dir "$kind" "src-$name") ref=$T/ref-$name mnt=$T/mnt-$name
 
 	echo "== $name: probing a plain $kind mount"
-	plain_mount "$kind" "$eopts" "$T/probe-src-$name" "$T/probe-$name" ||
-		fail "$name: plain $kind mount"
+	psrc=$(engine_src_dir "$kind" "probe-src-$name")
+	plain_mount "$kind" "$eopts" "$psrc" "$T/probe-$name" || fail "$name: plain $kind mount"
 	feat=$($PY "$EX" --probe "$T/probe-$name")
 	rc=$?
 	fusermount3 -u "$T/probe-$name" || fail "$name: unmount the plain $kind mount"
 	[ $rc = 0 ] || fail "$name: probe failed"
 	echo "$name: engine limits: ${feat:-none}"
 	feat="$feat ${6:-}"
+	[ "$kind" = s3fs ] && feat="$feat --src-via-engine"
 
 	# A and B start identical: empty, mode 0777, owned by root.  The mount
 	# point gets the source root's mode, since lazarusfs shows the mount
 	# point's own attributes until the engine runs (checked on its own by
 	# first_access below).
-	mkdir -m 0777 "$src" "$ref" "$mnt"
+	mkdir -m 0777 "$ref" "$mnt"
+	chmod 0777 "$src"
 	opts=$(engine_opts "$kind")
 	[ -n "$eopts" ] && opts="$opts,engine_opts=${eopts//,/\\,}"
 	[ -n "${5:-}" ] && opts="$opts,$5"
@@ -138,6 +158,10 @@ run bindfs bindfs "$OPS_BINDFS"
 run bindfs-exact bindfs "$OPS_BINDFS" "-o attr_timeout=0,entry_timeout=0"
 start_sshd
 run sshfs sshfs "$OPS_SSHFS"
+maybe_s3rver
+if [ -n "$S3FS_KIND" ]; then
+	run s3fs s3fs "$OPS_S3FS"
+fi
 echo "took $((SECONDS - start)) s"
 
 if [ ${#FAILED[@]} != 0 ]; then

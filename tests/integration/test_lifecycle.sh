@@ -2,12 +2,15 @@
 # The proxy's life: lazy start (seen in the process table and in lazarusctl),
 # one shared start for concurrent first accesses, start failures with a
 # one-line reason and a retry, idle stop, clean unmount with a dead or a hung
-# engine, SIGTERM, and `mount -t fuse.lazarusfs`.  Over bindfs and sshfs.
+# engine, SIGTERM, and `mount -t fuse.lazarusfs`.  Over bindfs, sshfs and
+# s3fs (against a local s3rver), where the S3 secret, which the engine gets
+# from engine_env, must show nowhere: not in any argv, log or mount table.
 . "$(dirname "$0")/lib.sh"
 
 start_sshd
-for kind in bindfs sshfs; do
-	src=$T/src-$kind mnt=$T/mnt-$kind
+maybe_s3rver
+for kind in bindfs sshfs $S3FS_KIND; do
+	src=$(engine_src_dir $kind src-$kind) mnt=$T/mnt-$kind
 	mkdir -p "$src/dir"
 	for i in $(seq 8); do echo "file $i" > "$src/dir/f$i"; done
 
@@ -32,6 +35,18 @@ for kind in bindfs sshfs; do
 	[ "$(lz_status "$mnt" starts)" = 1 ] || fail "$kind: $(lz_status "$mnt" starts) starts for one first access"
 	pid=$(lz_status "$mnt" pid)
 	[ -n "$(ps -o comm= -p "$pid")" ] || fail "$kind: engine pid $pid not in the process table"
+	if [ $kind = s3fs ]; then
+		# the credentials reached s3fs through its environment only
+		tr '\0' '\n' </proc/"$pid"/environ | grep -qx "AWS_SECRET_ACCESS_KEY=$S3_SECRET" ||
+			fail "s3fs: the engine's environment lacks the secret from engine_env"
+		proxy=$(ps -o ppid= -p "$pid" | tr -d ' ')
+		for f in /proc/"$pid"/cmdline /proc/"$proxy"/cmdline /proc/mounts /proc/self/mountinfo "$LZ_STATE"/*/lazarusfs.log "$LZ_STATE"/*/engine.log; do
+			grep -qa -- "$S3_SECRET" "$f" && fail "s3fs: the S3 secret shows in $f"
+		done
+		ps -eo args >"$T/ps.txt"        # (a pipe into grep would list grep's own argv)
+		grep -q -- "$S3_SECRET" "$T/ps.txt" && fail "s3fs: the S3 secret shows in ps"
+		lz_ctl status "$mnt" | grep -q -- "$S3_SECRET" && fail "s3fs: the S3 secret shows in lazarusctl status"
+	fi
 
 	# --- a dead engine, then unmount: no stale mount, no orphan
 	lz_kill_engine "$mnt" 9
@@ -55,6 +70,20 @@ for kind in bindfs sshfs; do
 	grep -q " $mnt " /proc/mounts && fail "$kind: still mounted after SIGTERM"
 	echo "$kind: lifecycle ok"
 done
+
+# --- s3fs with credentials the server refuses: EIO, a failed state, the
+# reason in the engine's log, and still no secret anywhere
+if [ -n "$S3FS_KIND" ]; then
+	mnt=$T/mnt-s3bad
+	printf 'AWS_ACCESS_KEY_ID=NOBODY\nAWS_SECRET_ACCESS_KEY=%s\n' "$S3_SECRET" >"$T/bad.env"
+	lz_mount "$(engine_source s3fs "$S3_VIEW/src-s3fs")" "$mnt" "engine=s3fs,engine_env=$T/bad.env,engine_opts=$S3FS_O"
+	ls "$mnt" 2>"$T/err" && fail "s3fs: ls worked with refused credentials"
+	grep -q "Input/output error" "$T/err" || fail "s3fs, refused credentials: want EIO, got: $(cat "$T/err")"
+	[ "$(lz_status "$mnt" state)" = failed ] || fail "s3fs, refused credentials: state $(lz_status "$mnt" state)"
+	grep -q "invalid credentials" "$LZ_STATE"/*/engine.log || fail "s3fs, refused credentials: no reason in engine.log"
+	grep -qa -- "$S3_SECRET" "$LZ_STATE"/*/*.log /proc/mounts && fail "s3fs, refused credentials: the secret leaked"
+	fusermount3 -u "$mnt" || fail "s3fs, refused credentials: unmount"
+fi
 
 src=$T/src-bindfs mnt=$T/mnt-bindfs
 

@@ -190,6 +190,25 @@ static void test_minimal_profile(void **state)
 	run_free(r);
 }
 
+/* The s3fs command line from the README: engine_opts holds s3fs's own -o
+ * words, credentials sit in an engine_env file. */
+static void test_s3fs_profile(void **state)
+{
+	struct run *r = parse_ok("-o", "engine=s3fs,engine_env=/etc/lazarusfs/s3.env,"
+				 "engine_opts=-o url=http://127.0.0.1:9000 -o use_path_request_style",
+				 "train-data:/imagenet", mnt, NULL);
+
+	assert_int_equal(r->o.profile, FS_PROFILE_S3FS);
+	assert_string_equal(r->o.source, "train-data:/imagenet");
+	assert_string_equal(r->o.engine_env, "/etc/lazarusfs/s3.env");
+	assert_string_equal(r->o.engine_opts,
+			    "-o url=http://127.0.0.1:9000 -o use_path_request_style");
+	assert_true(has_fuse_opt(r, "fsname=train-data:/imagenet"));
+	assert_null(strstr(r->fargv[2], "engine"));
+	assert_null(strstr(r->fargv[2], "url="));
+	run_free(r);
+}
+
 static void test_mountpoint_canonical_and_order(void **state)
 {
 	char messy[PATH_MAX + 8];
@@ -307,7 +326,7 @@ static void test_errors(void **state)
 {
 	char missing[PATH_MAX + 16];
 
-	expect_error(-EINVAL, "unknown engine profile 'nfs'",
+	expect_error(-EINVAL, "unknown engine profile 'nfs' (want command, juicefs, alluxio, sshfs, bindfs or s3fs)",
 		     "-o", "engine=nfs", "s", mnt, NULL);
 	expect_error(-EINVAL, "invalid value for start_timeout: 'abc'",
 		     "-o", "engine=bindfs,start_timeout=abc", "s", mnt, NULL);
@@ -400,7 +419,7 @@ static void test_help_version(void **state)
 static void test_profile_names(void **state)
 {
 	static const char *const names[] = {
-		"command", "juicefs", "alluxio", "sshfs", "bindfs",
+		"command", "juicefs", "alluxio", "sshfs", "bindfs", "s3fs",
 	};
 	enum fs_engine_profile p;
 
@@ -409,6 +428,7 @@ static void test_profile_names(void **state)
 		assert_string_equal(fs_profile_name(p), names[i]);
 	}
 	assert_int_equal(fs_profile_parse("JuiceFS", &p), -EINVAL);
+	assert_int_equal(fs_profile_parse("S3FS", &p), -EINVAL);
 	assert_int_equal(fs_profile_parse("", &p), -EINVAL);
 }
 
@@ -458,6 +478,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_minimal_profile),
+		cmocka_unit_test(test_s3fs_profile),
 		cmocka_unit_test(test_mountpoint_canonical_and_order),
 		cmocka_unit_test(test_engine_cmd_escaped_commas),
 		cmocka_unit_test(test_timeouts_and_sizes),

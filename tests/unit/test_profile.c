@@ -1,7 +1,8 @@
 /*
  * Unit tests for fs/ engine command lines: fs_template_expand (shell-like
  * word splitting without a shell, placeholders), fs_profile_argv for every
- * profile (secrets kept out of argv) and fs_envfile_read.
+ * profile (secrets kept out of argv, s3fs's SOURCE checked) and
+ * fs_envfile_read.
  */
 #ifdef HAVE_CONFIG_H
 #include "config.h"
@@ -327,6 +328,72 @@ static void test_profile_alluxio(void **state)
 	fs_opts_release(&o);
 }
 
+static void test_profile_s3fs(void **state)
+{
+	static const char *const good[] = { "bkt", "my-bucket.v2", "Old_Bucket",
+					    "bkt:/", "bkt:/data/train" };
+	static const char *const bad[] = { "", ":/path", "s3://bkt/path",
+					   "bkt:path", "-o", "bkt/path",
+					   "bk t", "https://k:sec@host/bkt" };
+	char **argv = NULL, **env = NULL, err[256];
+	struct fs_opts o;
+	size_t n;
+
+	opts_for(&o, FS_PROFILE_S3FS, "train-data:/imagenet",
+		 "-o url=http://127.0.0.1:9000 -o use_path_request_style");
+	profile_argv_ok(&o, &argv, &env);
+	n = fs_strv_len(argv);
+	/* the source in s3fs's own syntax, foreground, then our defaults */
+	assert_true(n >= 10);
+	assert_string_equal(argv[0], "s3fs");
+	assert_string_equal(argv[1], "train-data:/imagenet");
+	assert_string_equal(argv[2], MNT);
+	assert_string_equal(argv[3], "-f");
+	assert_string_equal(argv[4], "-o");
+	assert_non_null(strstr(argv[5], "allow_other"));
+	/* an unreachable endpoint must look like a hung engine (retry on),
+	 * not an EIO per request from an engine that looks healthy */
+	assert_non_null(strstr(argv[5], "retries=1000000"));
+	/* a killed s3fs must not take its last log lines with it */
+	assert_non_null(strstr(argv[5], "logfile=/dev/stderr"));
+	/* rewrites upload whole objects, no server-side part copies */
+	assert_non_null(strstr(argv[5], "nomixupload"));
+	/* engine_opts last, so that they override the defaults */
+	assert_string_equal(argv[n - 4], "-o");
+	assert_string_equal(argv[n - 3], "url=http://127.0.0.1:9000");
+	assert_string_equal(argv[n - 2], "-o");
+	assert_string_equal(argv[n - 1], "use_path_request_style");
+	/* credentials come from engine_env only: the profile adds nothing */
+	assert_null(env);
+	assert_false(strv_mentions(argv, "AWS_"));
+	assert_false(strv_mentions(argv, "passwd"));
+	fs_strv_free(argv);
+	fs_opts_release(&o);
+
+	for (size_t i = 0; i < sizeof(good) / sizeof(*good); i++) {
+		opts_for(&o, FS_PROFILE_S3FS, good[i], NULL);
+		profile_argv_ok(&o, &argv, &env);
+		assert_string_equal(argv[1], good[i]);
+		/* without engine_opts the defaults are the last words */
+		assert_int_equal(fs_strv_len(argv), 6);
+		fs_strv_free(argv);
+		fs_opts_release(&o);
+	}
+	for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
+		argv = env = NULL;
+		opts_for(&o, FS_PROFILE_S3FS, bad[i], NULL);
+		err[0] = 0;
+		if (fs_profile_argv(&o, MNT, ID, &argv, &env, err, sizeof(err)) != -EINVAL)
+			fail_msg("s3fs SOURCE '%s' accepted", bad[i]);
+		assert_non_null(strstr(err, "bucket[:/path]"));
+		/* the reason never repeats a secret from the source */
+		assert_null(strstr(err, "sec@"));
+		assert_null(argv);
+		assert_null(env);
+		fs_opts_release(&o);
+	}
+}
+
 static void test_profile_bad_engine_opts(void **state)
 {
 	struct fs_opts o;
@@ -460,6 +527,7 @@ int main(void)
 		cmocka_unit_test(test_profile_sshfs),
 		cmocka_unit_test(test_profile_juicefs),
 		cmocka_unit_test(test_profile_alluxio),
+		cmocka_unit_test(test_profile_s3fs),
 		cmocka_unit_test(test_profile_bad_engine_opts),
 		cmocka_unit_test_setup_teardown(test_envfile_good, env_setup,
 						env_teardown),
