@@ -226,13 +226,14 @@ int cache_holds_file(struct cache *c, const char *key, uint64_t size, int64_t mt
 /*
  * FUSE passthrough (cache/whole.c): an O_RDONLY fd of a local file that
  * holds exactly the bytes of key, for the kernel to read as the file.  Only
- * for a file of 1 byte up to one block, recorded with these attributes and
- * wholly cached: its block gets a plain copy (made from a read that checks
- * every chunk, charged to the block's tier, dropped with the block), and
- * every call reads the copy whole and checks it before handing it out.
- * The caller owns (closes) the fd.  -ENODATA: not wholly cached with these
- * attributes; -EFBIG: empty or bigger than a block; -ENOSPC: no room in
- * the tier for the copy; -EBUSY: another call is making it; -EBADMSG: a
+ * for a file of 1 byte or more, recorded with these attributes and wholly
+ * cached: it gets a plain copy (assembled from reads of its blocks that
+ * check every chunk, charged to its first block's tier, dropped with that
+ * block or once the file changes), and every call on a tier that verifies
+ * reads (SSD, HDD, MEM with verify_mem) reads the copy whole and checks it
+ * before handing it out.  The caller owns (closes) the fd.  -ENODATA: not
+ * wholly cached with these attributes (or empty); -ENOSPC: no room in the
+ * tier for the copy; -EBUSY: another call is making it; -EBADMSG: a
  * checksum mismatch (the block was dropped); -ESTALE: invalidated
  * meanwhile; or another -errno.
  */

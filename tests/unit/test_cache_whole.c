@@ -1,8 +1,9 @@
 /*
  * Unit tests for the plain copies of cache/whole.c (cache_passthrough_fd):
  * what the fd holds, when a copy is made and reused, what it charges to
- * the tier, and that it goes with its block (write, evict, rebuild) or on
- * a checksum mismatch (of the copy, or of the block it is made from).
+ * the tier, that it goes with its first block (write, evict, rebuild) or
+ * once the file changes, on a checksum mismatch (of the copy, or of a
+ * block it is made from), and copies of files of several blocks.
  * Block size 64 KiB, as in test_cache.c.
  */
 #ifdef HAVE_CONFIG_H
@@ -167,7 +168,7 @@ static uint64_t used(struct cache *c, size_t tier)
 
 /* A first call makes the copy (charged to the tier, next to the block),
  * later calls open it again; a file not wholly cached with these
- * attributes, empty or bigger than a block gets none. */
+ * attributes, or empty, gets none. */
 static void test_copy_made_once(void **state)
 {
 	struct cache *c = mkcache(NULL, NULL);
@@ -185,8 +186,7 @@ static void test_copy_made_once(void **state)
 	before = used(c, 0);
 	assert_int_equal(cache_passthrough_fd(c, "f", b.size, 2), -ENODATA);   /* mtime */
 	assert_int_equal(cache_passthrough_fd(c, "f", b.size + 1, 1), -ENODATA);  /* size */
-	assert_int_equal(cache_passthrough_fd(c, "big", big.size, 1), -EFBIG);
-	assert_int_equal(cache_passthrough_fd(c, "nothing", 0, 1), -EFBIG);
+	assert_int_equal(cache_passthrough_fd(c, "nothing", 0, 1), -ENODATA);
 	assert_int_equal(count_files(dir0, ".whole", NULL, 0), 0);
 
 	fd = cache_passthrough_fd(c, "f", b.size, 1);
@@ -197,14 +197,117 @@ static void test_copy_made_once(void **state)
 	fd = cache_passthrough_fd(c, "f", b.size, 1);
 	fd_check(fd, &b);
 	close(fd);
+	/* two blocks: one copy of both, after the first block */
+	before = used(c, 0);
+	fd = cache_passthrough_fd(c, "big", big.size, 1);
+	fd_check(fd, &big);
+	close(fd);
+	assert_int_equal(count_files(dir0, ".whole", NULL, 0), 2);
+	assert_int_equal(used(c, 0), before + big.size);
 	cache_get_stats(c, &st);
-	assert_int_equal(st.copies_written, 1);
-	assert_int_equal(st.copies_opened, 2);
+	assert_int_equal(st.copies_written, 2);
+	assert_int_equal(st.copies_opened, 3);
 	assert_int_equal(st.checksum_failures, 0);
 	assert_int_equal(b.calls, 1);            /* never the engine */
+	assert_int_equal(big.calls, 2);
 	cache_free(c);
 	free(b.data);
 	free(big.data);
+}
+
+/* A file of several blocks: none while a block is missing; the copy holds
+ * them all; a write to a later block makes the copy stale, and the next
+ * call drops it with the first block; a bad later block is caught when
+ * the copy is made, and only that block goes. */
+static void test_copy_blocks(void **state)
+{
+	struct cache *c = mkcache(NULL, NULL);
+	struct cache_file *cf;
+	struct cache_stats st;
+	struct backend b;
+	char *buf, path[600], bad;
+	int fd, keep;
+
+	(void)state;
+	be_init(&b, 3 * BS + BS / 2, 9);
+	buf = malloc(b.size);
+	/* blocks 0, 1 and 3 only */
+	assert_int_equal(cache_file_open(c, "m", b.size, 1, NULL, &cf, &keep), 0);
+	assert_int_equal(cache_read(cf, buf, 2 * BS, 0, be_fetch, &b), 2 * BS);
+	assert_int_equal(cache_read(cf, buf, BS / 2, 3 * BS, be_fetch, &b), BS / 2);
+	cache_file_close(cf);
+	assert_int_equal(count_files(dir0, "", NULL, 0), 3);
+	assert_int_equal(cache_passthrough_fd(c, "m", b.size, 1), -ENODATA);
+	assert_int_equal(count_files(dir0, ".whole", NULL, 0), 0);
+
+	fill(c, "m", &b);
+	fd = cache_passthrough_fd(c, "m", b.size, 1);
+	fd_check(fd, &b);
+	close(fd);
+	assert_int_equal(count_files(dir0, ".whole", NULL, 0), 1);
+
+	/* a write to block 2 (the engine took it too) */
+	assert_int_equal(cache_file_open(c, "m", b.size, 1, NULL, &cf, &keep), 0);
+	assert_int_equal(keep, 1);
+	memset(buf, 'y', 100);
+	cache_write(cf, buf, 100, 2 * BS + 7);
+	memcpy(b.data + 2 * BS + 7, buf, 100);
+	cache_file_close(cf);
+	assert_int_equal(count_files(dir0, ".whole", NULL, 0), 1);
+	assert_int_equal(cache_passthrough_fd(c, "m", b.size, 1), -ENODATA);
+	assert_int_equal(count_files(dir0, ".whole", NULL, 0), 0);
+	assert_int_equal(count_files(dir0, "", NULL, 0), 3);       /* block 0 went too */
+	fill(c, "m", &b);
+	fd = cache_passthrough_fd(c, "m", b.size, 1);
+	fd_check(fd, &b);                        /* the new bytes */
+	close(fd);
+
+	/* a bad byte in block 1, caught while a new copy is made */
+	assert_true(cache_evict(c, "m") >= 4);
+	fill(c, "m", &b);
+	assert_int_equal(count_files(dir0, "", NULL, 0), 4);
+	for (unsigned x = 0, found = 0; x < 256 && !found; x++) {
+		/* the block file whose data holds file offset BS + 5 */
+		char sub[300];
+		struct dirent *de;
+		DIR *d;
+
+		snprintf(sub, sizeof(sub), "%s/%02x", dir0, x);
+		if (!(d = opendir(sub)))
+			continue;
+		while (!found && (de = readdir(d))) {
+			char one;
+
+			if (de->d_name[0] == '.' || strlen(de->d_name) != 33)
+				continue;
+			snprintf(path, sizeof(path), "%s/%s", sub, de->d_name);
+			fd = open(path, O_RDWR);
+			assert_true(fd >= 0);
+			assert_int_equal(pread(fd, &one, 1, 5), 1);
+			if (one == b.data[BS + 5] && one != b.data[5] && one != b.data[2 * BS + 5] &&
+			    one != b.data[3 * BS + 5]) {
+				bad = (char)(one ^ 0x20);
+				assert_int_equal(pwrite(fd, &bad, 1, 5), 1);
+				found = 1;
+			}
+			close(fd);
+		}
+		closedir(d);
+		assert_true(x < 255 || found);
+	}
+	assert_int_equal(cache_passthrough_fd(c, "m", b.size, 1), -EBADMSG);
+	cache_get_stats(c, &st);
+	assert_int_equal(st.checksum_failures, 1);
+	assert_int_equal(count_files(dir0, ".whole", NULL, 0), 0);
+	assert_int_equal(count_files(dir0, "", NULL, 0), 3);
+	assert_int_equal(cache_passthrough_fd(c, "m", b.size, 1), -ENODATA);
+	fill(c, "m", &b);                        /* block 1 from the engine */
+	fd = cache_passthrough_fd(c, "m", b.size, 1);
+	fd_check(fd, &b);
+	close(fd);
+	cache_free(c);
+	free(buf);
+	free(b.data);
 }
 
 /* A write through the cache and an eviction drop the copy with the block
@@ -395,6 +498,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_copy_made_once, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_copy_goes_with_block, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_copy_blocks, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_copy_checksum, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_copy_quota, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_copy_rebuild, setup, teardown),
