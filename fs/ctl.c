@@ -230,6 +230,39 @@ static int add_meta_stats(struct fs *fs, bool json, char **reply)
 	return 0;
 }
 
+/* Append the passthrough figures (fs/passthrough.h) to a stats reply, as
+ * add_meta_stats(). */
+static int add_pt_stats(struct fs *fs, bool json, char **reply)
+{
+	struct fs_pt_stats ps;
+	char *s = NULL, *end;
+	int n;
+
+	fs_pt_get_stats(fs, &ps);
+	if (json) {
+		end = strrchr(*reply, '}');
+		if (!end)
+			return -EINVAL;
+		*end = 0;
+		n = asprintf(&s, "%s%s\"passthrough\":{\"state\":\"%s\",\"opens\":%llu,"
+			     "\"shared\":%llu,\"fallbacks\":%llu,\"why\":%s%s%s}}\n", *reply,
+			     end[-1] == '{' ? "" : ",", ps.state, (unsigned long long)ps.opens,
+			     (unsigned long long)ps.shared, (unsigned long long)ps.fallbacks,
+			     ps.why ? "\"" : "", ps.why ? ps.why : "null", ps.why ? "\"" : "");
+	} else {
+		n = asprintf(&s, "%spassthrough: %s\n%s%s%spassthrough_opens: %llu\n"
+			     "passthrough_shared: %llu\npassthrough_fallbacks: %llu\n", *reply,
+			     ps.state, ps.why ? "passthrough_why: " : "", ps.why ? ps.why : "",
+			     ps.why ? "\n" : "", (unsigned long long)ps.opens,
+			     (unsigned long long)ps.shared, (unsigned long long)ps.fallbacks);
+	}
+	if (n < 0)
+		return -ENOMEM;
+	free(*reply);
+	*reply = s;
+	return 0;
+}
+
 /* "prefix ARG": ARG (the rest of the line, may hold blanks), else NULL */
 static const char *cmd_arg(const char *cmd, const char *prefix)
 {
@@ -277,7 +310,7 @@ int fs_ctl_handler(void *arg, const char *cmd, char **reply)
 		if (!*reply)
 			return -ENOMEM;
 		return (ret = add_meta_stats(fs, json, reply)) ? ret :
-		       fs->cache ? fs_pt_add_stats(fs, json, reply) : 0;
+		       fs->cache ? add_pt_stats(fs, json, reply) : 0;
 	}
 	if ((a = cmd_arg(cmd, "evict"))) {
 		if (!fs->cache)

@@ -439,10 +439,9 @@ int fs_run(struct fs *fs, int fuse_argc, char **fuse_argv)
 		ret = -EIO;
 		goto out_signals;
 	}
-	/* our read and writev on the session fd, to negotiate passthrough */
-	if ((ret = fs_pt_install(fs)))
-		fs_log(FS_LOG_WARN, "passthrough off: cannot set the session's io: %s",
-		       strerror(-ret));
+	/* our read and writev on the session fd, to negotiate passthrough
+	 * (without, we serve as before) */
+	fs_pt_install(fs);
 	fs_mask_secret(fs->o->source, masked, sizeof(masked));
 	fs_log(FS_LOG_INFO, "mounted %s at %s (engine %s, id %s), engine starts on first access",
 	       masked, fs->o->mountpoint, fs_profile_name(fs->o->profile), fs->id);

@@ -15,7 +15,6 @@
 #include <unistd.h>
 
 #include "fs/ops_int.h"
-#include "fs/passthrough.h"
 
 /* The engine root's attributes, remembered for when it is stopped
  * (permission checks on the root need them). */
@@ -210,9 +209,6 @@ void fs_op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr,
 	int ret;
 
 	if ((ret = fs_inode_path(fs->inodes, ino, NULL, rel, sizeof(rel))))
-		goto out;
-	/* the kernel reads a file that passes through from our copy */
-	if ((valid & FUSE_SET_ATTR_SIZE) && (ret = fs_pt_changing(fs, ino)))
 		goto out;
 	/* a truncate of an open file goes through its fd (ftruncate) */
 	if (fi && (valid & FUSE_SET_ATTR_SIZE))

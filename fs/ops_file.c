@@ -45,13 +45,12 @@ static struct fs_handle *lazy_handle(struct fs *fs, uint64_t ino, const char *re
 }
 
 /*
- * Passthrough (fs/passthrough.c): every open of a regular file is counted,
- * in `pt` until its handle is added (then in h->pt).  An open for writing
- * is counted before it reaches the engine (and may fail with ETXTBSY while
- * the file passes through); a read-only one once its attributes are known,
- * when it may become a passthrough handle: no backend fd then (one it
- * already opened goes), as a lazy handle, and nothing to reopen after an
- * engine restart, since its reads never reach us.
+ * Passthrough (fs/passthrough.c) is decided once the file's attributes are
+ * known (the cache's copy is checked against them), for every open: an
+ * open counted in `pt` until its handle is added (then in h->pt).  A
+ * passthrough handle needs no backend fd (one it opened goes), as a lazy
+ * handle, and nothing to reopen after an engine restart: its reads never
+ * reach us.
  */
 static void open_common(fuse_req_t req, fuse_ino_t parent, const char *name,
 			fuse_ino_t ino, mode_t mode, struct fuse_file_info *fi)
@@ -59,7 +58,6 @@ static void open_common(fuse_req_t req, fuse_ino_t parent, const char *name,
 	struct fs *fs = fs_req(req);
 	struct fs_call c = FS_CALL_INIT(fs->engine);
 	bool creating = name != NULL;
-	bool reader = !creating && (fi->flags & O_ACCMODE) == O_RDONLY && !(fi->flags & O_TRUNC);
 	char rel[PATH_MAX], prel[PATH_MAX];
 	struct fuse_entry_param e;
 	struct fs_handle *h = NULL;
@@ -74,21 +72,14 @@ static void open_common(fuse_req_t req, fuse_ino_t parent, const char *name,
 			 fs_inode_path(fs->inodes, ino, NULL, rel, sizeof(rel));
 	if (!ret && creating)
 		ret = fs_inode_path(fs->inodes, parent, NULL, prel, sizeof(prel));
-	/* a create may open (and truncate) a file that passes through */
-	if (!ret && creating)
-		ret = fs_pt_changing(fs, fs_inode_find(fs->inodes, parent, name));
-	if (!ret && !creating && !reader && (pt = fs_pt_writer(fs, ino)) < 0)
-		ret = pt;
-	if (ret) {
-		pt = FS_PT_NONE;
+	if (ret)
 		goto out;
-	}
 	do {
 		int flags = (fi->flags & ~O_APPEND) | O_CLOEXEC;
 
 		/* first, and again after an engine loss (offline: from the
 		 * cache) */
-		if (reader && (h = lazy_handle(fs, ino, rel, fi, &st)))
+		if (!creating && (h = lazy_handle(fs, ino, rel, fi, &st)))
 			goto opened;
 		if ((ret = fs_call_enter(&c)))
 			break;
@@ -129,22 +120,20 @@ static void open_common(fuse_req_t req, fuse_ino_t parent, const char *name,
 			goto out;
 		}
 		h->ino = ino = e.ino;
-		if ((pt = fs_pt_writer(fs, ino)) < 0) {
-			ret = pt;
-			pt = FS_PT_NONE;
-			fs_inode_forget(fs->inodes, e.ino, 1);
-			fs_handle_put(fs->handles, h);
-			goto out;
-		}
 	}
 opened:
-	if (reader) {
-		pt = fs_pt_reader(fs, ino, rel, &st, !(fi->flags & O_DIRECT), &backing_id);
-		if (pt == FS_PT_PASS && h->fd >= 0) {
-			fs_closer_push(fs, h->fd);      /* the kernel reads the copy */
-			h->fd = -1;
-			h->gen = 0;
-		}
+	if ((pt = fs_pt_open(fs, ino, rel, &st, fi->flags, &backing_id)) < 0) {
+		ret = pt;
+		pt = FS_PT_NONE;
+		if (creating)
+			fs_inode_forget(fs->inodes, e.ino, 1);
+		fs_handle_put(fs->handles, h);
+		goto out;
+	}
+	if (pt == FS_PT_PASS && h->fd >= 0) {
+		fs_closer_push(fs, h->fd);      /* the kernel reads the copy */
+		h->fd = -1;
+		h->gen = 0;
 	}
 	h->pt = (uint8_t)pt;
 	if ((ret = fs_add_handle(fs, h, fi))) {

@@ -134,8 +134,9 @@ void fs_usage(const char *prog)
 	       "                         long (inf; default: inf when ro or immutable, else 0)\n"
 	       "  immutable=0|1          the dataset changes only through this mount (0)\n"
 	       "  meta_max=SIZE          memory for the metadata cache (64M)\n"
-	       "  passthrough=0|1        let the kernel read files wholly in a cache tier\n"
-	       "                         itself (FUSE passthrough; needs CAP_SYS_ADMIN) (1)\n"
+	       "  passthrough=auto|off   the kernel reads files wholly in a cache tier itself\n"
+	       "                         (FUSE passthrough; auto: on ro mounts with a cache\n"
+	       "                         and CAP_SYS_ADMIN, when the kernel offers it) (auto)\n"
 	       "\n"
 	       "block cache options (-o, see lazarusfs.conf(5); no tier = no cache):\n"
 	       "  tierN=MEDIUM:PATH[|PATH...]:QUOTA   e.g. tier0=MEM:/dev/shm/lz:1G\n"
@@ -279,12 +280,20 @@ static int parse_own(struct fs_opts *o, const char *key, const char *v,
 		snprintf(err, errlen, "invalid value for journal: '%s' (want auto, on or off)", v);
 		return -EINVAL;
 	}
-	if (!strcmp(key, "immutable") || !strcmp(key, "passthrough")) {
+	if (!strcmp(key, "immutable")) {
 		if (strcmp(v, "0") && strcmp(v, "1")) {
-			snprintf(err, errlen, "invalid value for %s: '%s' (want 0 or 1)", key, v);
+			snprintf(err, errlen, "invalid value for immutable: '%s' (want 0 or 1)", v);
 			return -EINVAL;
 		}
-		*(key[0] == 'i' ? &o->immutable : &o->passthrough) = v[0] == '1';
+		o->immutable = v[0] == '1';
+		return 0;
+	}
+	if (!strcmp(key, "passthrough")) {
+		if (strcmp(v, "auto") && strcmp(v, "off")) {
+			snprintf(err, errlen, "invalid value for passthrough: '%s' (want auto or off)", v);
+			return -EINVAL;
+		}
+		o->passthrough = !strcmp(v, "auto");
 		return 0;
 	}
 	if (!strcmp(key, "meta_max"))

@@ -6,67 +6,75 @@
  * READ reaches us or the engine.  We pass through only onto the cache's
  * own plain copies of whole files (cache_passthrough_fd, cache/whole.c),
  * never onto the engine's mount, whose crash would then reach the
- * application: an engine crash or restart does not touch an open
- * passthrough file at all.
+ * application: an engine crash or restart, or the proxy being stopped,
+ * does not touch the reads of an open passthrough file at all.
  *
- * Negotiation.  Debian's libfuse 3.14 knows nothing of it, so the session
- * reads and writes /dev/fuse through our own read and writev
- * (fuse_session_custom_io).  The read looks at the first request, INIT:
- * whether the kernel offers FUSE_PASSTHROUGH (flags2, with FUSE_INIT_EXT).
- * The writev patches libfuse's INIT reply: FUSE_PASSTHROUGH in flags2
- * (libfuse sets FUSE_INIT_EXT and fills flags2 exactly when the kernel sent
- * FUSE_INIT_EXT) and max_stack_depth 1 (backing files on a plain local file
- * system; the kernel refuses passthrough with FUSE_WRITEBACK_CACHE, which
- * we never ask for).  Everything else passes through untouched, and the
- * read behaves exactly as read(2) (libfuse handles EINTR, ENOENT and
- * ENODEV as before).  INIT is the only request until its reply is written,
- * so the worker that handles it sets fs->passthrough before any other
- * request can be read.  We negotiate only with a cache configured, the
- * option on, and CAP_SYS_ADMIN (FUSE_DEV_IOC_BACKING_OPEN needs it).
- *
- * An open.  The backing file is registered with FUSE_DEV_IOC_BACKING_OPEN
- * on the session fd, which returns a backing id; the OPEN reply carries
- * FOPEN_PASSTHROUGH and that id in a 7.40 fuse_open_out.  The kernel looks
- * the id up only when the opening task processes our reply, after our
- * write returned, so the id must stay registered until then; we close it
- * (FUSE_DEV_IOC_BACKING_CLOSE) when the last passthrough handle of the
- * inode is released, which is also what the second rule below needs.
- *
- * The kernel's io-mode rules (fs/fuse/iomode.c) are per inode:
+ * Only on read-only mounts.  The kernel's io modes are per inode
+ * (fs/fuse/iomode.c):
  *   1. an inode open in cached (normal) mode refuses a passthrough open;
  *   2. an inode open in passthrough mode refuses a normal open, and a
  *      passthrough open with another backing file;
- *   3. FOPEN_KEEP_CACHE (or anything outside FOPEN_PASSTHROUGH_MASK) is
+ *   3. FOPEN_KEEP_CACHE (anything outside FOPEN_PASSTHROUGH_MASK) is
  *      refused with FOPEN_PASSTHROUGH.
- * A refusal fails the application's open() with EIO, after our reply: we
- * must never send one.  So every open of a regular file is counted here,
- * per node id, as passthrough or other, from our decision until its
- * release (or the failed reply).  Those counts cover the kernel's: a close
- * returns before its RELEASE is served, never the other way round.  Then:
- *   - a read-only open passes through when the inode has passthrough opens
- *     (same backing id), or when it has no other open and the cache has a
- *     copy of the whole file with the attributes the open validated;
- *     otherwise it opens normally;
- *   - an open for writing (and a truncate by path, and a create that opens
- *     an existing file) of an inode with passthrough opens waits a little
- *     for releases in flight, then fails with ETXTBSY, as for a running
- *     program: the kernel would refuse it (rule 2), and serving it through
- *     the same backing file would write into our copy instead of the
- *     engine.  Only writable mounts meet this; on a ro mount the kernel
- *     refuses writes before they reach us.
- * While passthrough opens share a copy, the bytes they read are those of
- * the file when the first of them opened it; writes cannot happen then,
- * and a change behind our back shows to opens after the last close.
+ * A refusal fails the application's open() with EIO, after our reply.  On
+ * a writable mount rule 2 would leave us one choice for an open for
+ * writing of a file some reader has open in passthrough mode: fail it
+ * (ETXTBSY, as for a running program), since serving it through the same
+ * backing file would write into our copy, not the engine.  Writers of a
+ * dataset would meet errors they never had, so on a writable mount
+ * passthrough is not negotiated at all.  On a ro mount the kernel refuses
+ * every open for writing, truncate and create before it reaches us (a
+ * remount rw would need a new mount anyway: negotiation is at INIT).
+ *
+ * Negotiation.  Debian's libfuse 3.14 knows nothing of it, so the session
+ * reads and writes /dev/fuse through our own read and writev
+ * (fuse_session_custom_io), which do nothing but call two hooks on INIT:
+ * fs_pt_init_seen() with the first request (whether the kernel offers
+ * FUSE_PASSTHROUGH: flags2, with FUSE_INIT_EXT) and fs_pt_init_reply()
+ * with libfuse's reply, which gets FUSE_PASSTHROUGH in flags2 (libfuse
+ * sets FUSE_INIT_EXT and fills flags2 exactly when the kernel sent
+ * FUSE_INIT_EXT) and max_stack_depth 1 (backing files on a plain local
+ * file system; the kernel refuses passthrough with FUSE_WRITEBACK_CACHE,
+ * which we never ask for).  The hooks are apart from the io so that
+ * another user of the custom io can call them from its own.  The read
+ * behaves exactly as read(2), so libfuse handles EINTR, ENOENT and ENODEV
+ * as before.  INIT is the only request until its reply is written, so the
+ * worker that handles it sets fs->passthrough before any other request
+ * can be read.  We install the io only with passthrough=auto, ro, a cache
+ * and CAP_SYS_ADMIN (FUSE_DEV_IOC_BACKING_OPEN needs it).
+ *
+ * An open.  The backing file is registered with FUSE_DEV_IOC_BACKING_OPEN
+ * on the session fd, which returns a backing id; the OPEN reply carries
+ * FOPEN_PASSTHROUGH (and FOPEN_NOFLUSH: nothing to flush) and that id in a
+ * 7.40 fuse_open_out.  The kernel looks the id up when the opening task
+ * processes our reply, after our write returned, so the id must stay
+ * registered until then; we close it (FUSE_DEV_IOC_BACKING_CLOSE) when the
+ * last passthrough handle of the inode is released, which is also what
+ * rule 2 needs: every open while one is open gets the same id.
+ *
+ * Rules 1 and 2 are kept by counting every open, per node id, as
+ * passthrough or other, from our decision until its release (or the failed
+ * reply).  Those counts cover the kernel's: a close returns before its
+ * RELEASE is served, never the other way round.  So an open passes
+ * through when the inode has passthrough opens (same backing id), or when
+ * it has no other open and the cache has a copy of the whole file with the
+ * attributes the open validated; otherwise it opens normally (a missed
+ * chance at worst, never a refused open).  O_DIRECT opens are not passed
+ * through unless they must (rule 2).  While passthrough opens share a
+ * copy, they read the file as it was when the first of them opened it; a
+ * change behind our back shows to opens after the last close.
  *
  * Refusals: EPERM, ENOTTY or EINVAL from BACKING_OPEN mean passthrough is
- * not available (no CAP_SYS_ADMIN in the kernel's eyes, no support), ELOOP
- * or EOPNOTSUPP that the tier's file system cannot back files; we log it
- * once and stop trying (the counts go on for the opens passed through).
- * Any other failure falls back to a normal open for that open only.
+ * not available after all (no CAP_SYS_ADMIN in the kernel's eyes, e.g. in
+ * a user namespace; no support), ELOOP or EOPNOTSUPP that the tier's file
+ * system cannot back files, EXDEV (ours) that the copy sits on a FUSE
+ * mount; we log it once and stop trying (the counts go on for the opens
+ * passed through).  Any other failure falls back to a normal open for
+ * that open only.
  *
  * Locking: pt.lock guards the inode records; it is a leaf, never held
- * across I/O or an ioctl.  A read-only open that finds another open setting
- * up the inode's backing file waits on pt.cv (local I/O only).
+ * across I/O, an ioctl or logging.  An open that finds another open
+ * setting up the inode's backing file waits on pt.cv (local I/O only).
  */
 #include "config.h"
 
@@ -76,14 +84,11 @@
 #include <linux/magic.h>
 #include <pthread.h>
 #include <stdatomic.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
-#include <sys/uio.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "fs/ops_int.h"
@@ -123,7 +128,6 @@ _Static_assert(offsetof(struct pt_init_out, flags2) == offsetof(struct fuse_init
 _Static_assert(sizeof(struct pt_open_out) == sizeof(struct fuse_open_out), "7.40 open_out");
 
 #define PT_BUCKETS 256
-#define PT_WAIT_MS 1000         /* for releases in flight, before ETXTBSY */
 
 /* The opens of one node id, as the kernel counts them. */
 struct pt_inode {
@@ -136,18 +140,20 @@ struct pt_inode {
 };
 
 struct fs_pt {
-	/* negotiation, by the worker that handles INIT (see above) */
-	atomic_bool init_seen;          /* the first request was read */
-	atomic_bool init_replied;
-	atomic_bool offered;            /* the kernel offers passthrough */
-	atomic_uint_fast64_t init_unique;
+	/* negotiation: written by the one worker serving INIT (see above) */
+	_Atomic(const char *) why;      /* why not on (static), NULL when on */
+	bool offered;                   /* the kernel offers passthrough */
+	struct pt_init_out init_out;    /* the patched INIT reply */
 	atomic_bool off;                /* given up after a refusal */
+	/* the session io (pt_read, pt_writev) */
+	atomic_bool init_read, init_written;
+	atomic_uint_fast64_t init_unique;
 
 	pthread_mutex_t lock;           /* a leaf */
-	pthread_cond_t cv;              /* set-ups and releases */
+	pthread_cond_t cv;              /* set-ups done */
 	struct pt_inode *b[PT_BUCKETS]; /* protected by lock */
 
-	atomic_uint_fast64_t opens, shared, fallbacks, conflicts;
+	atomic_uint_fast64_t opens, shared, fallbacks;
 };
 
 int fs_pt_new(struct fs_pt **out)
@@ -156,6 +162,7 @@ int fs_pt_new(struct fs_pt **out)
 
 	if (!p)
 		return -ENOMEM;
+	atomic_init(&p->why, "not asked for");
 	pthread_mutex_init(&p->lock, NULL);
 	pthread_cond_init(&p->cv, NULL);
 	*out = p;
@@ -176,68 +183,91 @@ void fs_pt_free(struct fs_pt *p)
 	free(p);
 }
 
-/* ------------------------------------------------------- negotiation */
+/* ------------------------------------------------------------ INIT hooks */
 
-static void saw_first_request(struct fs_pt *p, const void *buf, size_t n)
+void fs_pt_init_seen(struct fs *fs, const void *init_in, size_t len)
 {
-	const struct fuse_in_header *in = buf;
+	const struct fuse_in_header *in = init_in;
 	const struct fuse_init_in *arg = (const void *)(in + 1);
 
-	if (in->opcode == FUSE_INIT &&
-	    n >= sizeof(*in) + offsetof(struct fuse_init_in, flags2) + sizeof(arg->flags2) &&
-	    arg->major == FUSE_KERNEL_VERSION && (arg->flags & FUSE_INIT_EXT) &&
-	    (arg->flags2 & PT_INIT_PASSTHROUGH2)) {
-		atomic_store(&p->init_unique, in->unique);
-		atomic_store(&p->offered, true);
-	}
-	atomic_store_explicit(&p->init_seen, true, memory_order_release);
+	fs->pt->offered = len >= sizeof(*in) + offsetof(struct fuse_init_in, flags2) +
+				 sizeof(arg->flags2) &&
+			  in->opcode == FUSE_INIT && arg->major == FUSE_KERNEL_VERSION &&
+			  (arg->flags & FUSE_INIT_EXT) && (arg->flags2 & PT_INIT_PASSTHROUGH2);
+	if (!fs->pt->offered)
+		atomic_store(&fs->pt->why, "the kernel does not offer it");
 }
 
-/* read(2) as libfuse would call it, looking at the first request */
+void fs_pt_init_reply(struct fs *fs, struct iovec *iov, int count)
+{
+	struct fs_pt *p = fs->pt;
+	const struct fuse_out_header *oh = iov[0].iov_base;
+	struct pt_init_out *out = &p->init_out;
+	const char *why = NULL;
+
+	if (!p->offered)
+		why = atomic_load(&p->why);
+	else if (!fs->cache)            /* it failed to start */
+		why = "no block cache";
+	else if (count != 2 || iov[0].iov_len < sizeof(*oh) || oh->error ||
+		 iov[1].iov_len < offsetof(struct pt_init_out, unused) ||
+		 iov[1].iov_len > sizeof(*out))
+		why = "unexpected INIT reply";
+	if (!why) {
+		memcpy(out, iov[1].iov_base, iov[1].iov_len);
+		if (!(out->flags & FUSE_INIT_EXT) || (out->flags & FUSE_WRITEBACK_CACHE))
+			why = "INIT reply without flags2, or with writeback cache";
+	}
+	if (why) {
+		atomic_store(&p->why, why);
+		fs_log(FS_LOG_INFO, "passthrough off: %s", why);
+		return;
+	}
+	out->flags2 |= PT_INIT_PASSTHROUGH2;
+	out->max_stack_depth = 1;
+	iov[1].iov_base = out;
+	atomic_store(&p->why, NULL);
+	atomic_store(&fs->passthrough, true);
+	fs_log(FS_LOG_INFO, "passthrough on: files wholly in a cache tier are read by the kernel");
+}
+
+/* ---------------------------------------------------------- session io */
+
+/* read(2) as libfuse would call it; the first request is INIT */
 static ssize_t pt_read(int fd, void *buf, size_t len, void *userdata)
 {
 	struct fs *fs = userdata;
+	struct fs_pt *p = fs->pt;
 	ssize_t n = read(fd, buf, len);
 
 	if (n >= (ssize_t)sizeof(struct fuse_in_header) &&
-	    !atomic_load_explicit(&fs->pt->init_seen, memory_order_acquire)) {
+	    !atomic_load_explicit(&p->init_read, memory_order_acquire)) {
 		int err = errno;
 
-		saw_first_request(fs->pt, buf, (size_t)n);
+		atomic_store(&p->init_unique, ((const struct fuse_in_header *)buf)->unique);
+		fs_pt_init_seen(fs, buf, (size_t)n);
+		atomic_store_explicit(&p->init_read, true, memory_order_release);
 		errno = err;
 	}
 	return n;
 }
 
-/* writev(2), with FUSE_PASSTHROUGH and max_stack_depth in the INIT reply */
+/* writev(2); the reply to INIT is the first with its unique id */
 static ssize_t pt_writev(int fd, struct iovec *iov, int count, void *userdata)
 {
 	struct fs *fs = userdata;
 	struct fs_pt *p = fs->pt;
 	const struct fuse_out_header *oh = iov[0].iov_base;
-	struct pt_init_out out;
-	struct iovec patched[2];
+	struct iovec v[2];
 
-	if (atomic_load_explicit(&p->init_replied, memory_order_relaxed) ||
-	    !atomic_load(&p->offered) || count != 2 || iov[0].iov_len < sizeof(*oh) ||
-	    oh->unique != atomic_load(&p->init_unique))
+	if (atomic_load_explicit(&p->init_written, memory_order_acquire) ||
+	    !atomic_load_explicit(&p->init_read, memory_order_acquire) || count != 2 ||
+	    iov[0].iov_len < sizeof(*oh) || oh->unique != atomic_load(&p->init_unique))
 		return writev(fd, iov, count);
-	atomic_store(&p->init_replied, true);
-	if (oh->error || iov[1].iov_len < offsetof(struct pt_init_out, unused) ||
-	    iov[1].iov_len > sizeof(out))
-		return writev(fd, iov, count);
-	memset(&out, 0, sizeof(out));
-	memcpy(&out, iov[1].iov_base, iov[1].iov_len);
-	if (!(out.flags & FUSE_INIT_EXT) || (out.flags & FUSE_WRITEBACK_CACHE)) {
-		fs_log(FS_LOG_INFO, "passthrough not negotiated: the INIT reply has no flags2");
-		return writev(fd, iov, count);
-	}
-	out.flags2 |= PT_INIT_PASSTHROUGH2;
-	out.max_stack_depth = 1;
-	atomic_store(&fs->passthrough, true);
-	patched[0] = iov[0];
-	patched[1] = (struct iovec){ &out, iov[1].iov_len };
-	return writev(fd, patched, 2);
+	atomic_store_explicit(&p->init_written, true, memory_order_release);
+	memcpy(v, iov, sizeof(v));
+	fs_pt_init_reply(fs, v, count);
+	return writev(fd, v, count);
 }
 
 static bool have_sys_admin(void)
@@ -253,14 +283,25 @@ static bool have_sys_admin(void)
 int fs_pt_install(struct fs *fs)
 {
 	static const struct fuse_custom_io io = { .read = pt_read, .writev = pt_writev };
+	struct fs_pt *p = fs->pt;
+	const char *why = NULL;
+	int ret = 0;
 
-	if (!fs->o->passthrough || !cache_config_ntiers(&fs->o->cache))
-		return 0;
-	if (!have_sys_admin()) {
-		fs_log(FS_LOG_INFO, "passthrough off: no CAP_SYS_ADMIN");
-		return 0;
+	if (!fs->o->passthrough)
+		atomic_store(&p->why, "passthrough=off");
+	else if (!cache_config_ntiers(&fs->o->cache))
+		atomic_store(&p->why, "no block cache");
+	else if (!fs->o->readonly)
+		why = "the mount is writable";
+	else if (!have_sys_admin())
+		why = "no CAP_SYS_ADMIN";
+	else if ((ret = fuse_session_custom_io(fs->se, &io, fuse_session_fd(fs->se))))
+		why = "cannot set the session's io";
+	if (why) {
+		atomic_store(&p->why, why);
+		fs_log(ret ? FS_LOG_WARN : FS_LOG_INFO, "passthrough off: %s", why);
 	}
-	return fuse_session_custom_io(fs->se, &io, fuse_session_fd(fs->se));
+	return ret;
 }
 
 /* ------------------------------------------------------------ counts */
@@ -296,68 +337,10 @@ static void put_locked(struct fs_pt *p, struct pt_inode *r)
 	free(r);
 }
 
-static void deadline_in(struct timespec *ts, long ms)
+static bool refusal(int err)
 {
-	clock_gettime(CLOCK_REALTIME, ts);
-	ts->tv_sec += ms / 1000;
-	ts->tv_nsec += (ms % 1000) * 1000000L;
-	if (ts->tv_nsec >= 1000000000L) {
-		ts->tv_sec++;
-		ts->tv_nsec -= 1000000000L;
-	}
-}
-
-/* Wait (lock held) until ino has no passthrough open, up to PT_WAIT_MS:
- * 0, or -ETXTBSY. */
-static int wait_no_pass_locked(struct fs_pt *p, uint64_t ino)
-{
-	struct timespec until;
-	struct pt_inode *r = *slot_locked(p, ino);
-
-	if (!r || (!r->npass && !r->setting_up))
-		return 0;
-	deadline_in(&until, PT_WAIT_MS);
-	while ((r = *slot_locked(p, ino)) && (r->npass || r->setting_up))
-		if (pthread_cond_timedwait(&p->cv, &p->lock, &until) == ETIMEDOUT)
-			break;
-	if (r && (r->npass || r->setting_up)) {
-		atomic_fetch_add(&p->conflicts, 1);
-		return -ETXTBSY;
-	}
-	return 0;
-}
-
-int fs_pt_writer(struct fs *fs, uint64_t ino)
-{
-	struct fs_pt *p = fs->pt;
-	struct pt_inode *r;
-	int ret;
-
-	if (!atomic_load_explicit(&fs->passthrough, memory_order_relaxed))
-		return FS_PT_NONE;
-	pthread_mutex_lock(&p->lock);
-	ret = wait_no_pass_locked(p, ino);
-	if (!ret && !(r = get_locked(p, ino)))
-		ret = -ENOMEM;
-	if (!ret) {
-		r->nother++;
-		ret = FS_PT_OTHER;
-	}
-	pthread_mutex_unlock(&p->lock);
-	return ret;
-}
-
-int fs_pt_changing(struct fs *fs, uint64_t ino)
-{
-	struct fs_pt *p = fs->pt;
-	int ret;
-
-	if (!ino || !atomic_load_explicit(&fs->passthrough, memory_order_relaxed))
-		return 0;
-	pthread_mutex_lock(&p->lock);
-	ret = wait_no_pass_locked(p, ino);
-	pthread_mutex_unlock(&p->lock);
-	return ret;
+	return err == -EXDEV || err == -EPERM || err == -ENOTTY || err == -EINVAL ||
+	       err == -ELOOP || err == -EOPNOTSUPP;
 }
 
 /* The backing file for a new passthrough inode: the cache's copy of rel,
@@ -366,7 +349,7 @@ static int backing_open(struct fs *fs, const char *rel, const struct stat *st)
 {
 	struct pt_backing_map map = { .fd = -1 };
 	struct statfs sfs;
-	int fd, id, err;
+	int fd, id = -1, err;
 
 	fd = cache_passthrough_fd(fs->cache, rel, (uint64_t)st->st_size, fs_mtime_ns(st));
 	if (fd < 0)
@@ -382,23 +365,24 @@ static int backing_open(struct fs *fs, const char *rel, const struct stat *st)
 	close(fd);
 	if (!err)
 		return id;
-	if ((err == -EXDEV || err == -EPERM || err == -ENOTTY || err == -EINVAL ||
-	     err == -ELOOP || err == -EOPNOTSUPP) && !atomic_exchange(&fs->pt->off, true))
+	if (refusal(err) && !atomic_exchange(&fs->pt->off, true))
 		fs_log(FS_LOG_WARN, "passthrough off: a cache file cannot back files: %s",
 		       err == -EXDEV ? "it is on a FUSE mount" : strerror(-err));
 	return err;
 }
 
-int fs_pt_reader(struct fs *fs, uint64_t ino, const char *rel, const struct stat *st,
-		 bool may_pass, int *backing_id)
+int fs_pt_open(struct fs *fs, uint64_t ino, const char *rel, const struct stat *st,
+	       int flags, int *backing_id)
 {
 	struct fs_pt *p = fs->pt;
+	bool reader = (flags & O_ACCMODE) == O_RDONLY && !(flags & O_TRUNC);
+	bool may_pass;
 	struct pt_inode *r;
-	int id = -ENODATA, mode;
+	int id;
 
 	if (!atomic_load_explicit(&fs->passthrough, memory_order_relaxed))
 		return FS_PT_NONE;
-	may_pass = may_pass && fs->cache && st && S_ISREG(st->st_mode) && st->st_size > 0 &&
+	may_pass = reader && !(flags & O_DIRECT) && S_ISREG(st->st_mode) && st->st_size > 0 &&
 		   !atomic_load_explicit(&p->off, memory_order_relaxed);
 	pthread_mutex_lock(&p->lock);
 	while ((r = get_locked(p, ino)) && r->setting_up)
@@ -408,16 +392,24 @@ int fs_pt_reader(struct fs *fs, uint64_t ino, const char *rel, const struct stat
 		return -ENOMEM;
 	}
 	if (r->npass) {                 /* the kernel wants the same backing file */
+		if (!reader) {
+			pthread_mutex_unlock(&p->lock);
+			return -EROFS;
+		}
 		r->npass++;
 		*backing_id = r->backing_id;
+		pthread_mutex_unlock(&p->lock);
 		atomic_fetch_add(&p->opens, 1);
 		atomic_fetch_add(&p->shared, 1);
-		pthread_mutex_unlock(&p->lock);
 		return FS_PT_PASS;
 	}
 	if (r->nother || !may_pass) {
 		r->nother++;
 		pthread_mutex_unlock(&p->lock);
+		/* a chance missed: the file is open normally already */
+		if (may_pass && cache_holds_file(fs->cache, rel, (uint64_t)st->st_size,
+						 fs_mtime_ns(st)))
+			atomic_fetch_add(&p->fallbacks, 1);
 		return FS_PT_OTHER;
 	}
 	r->npass++;
@@ -431,18 +423,18 @@ int fs_pt_reader(struct fs *fs, uint64_t ino, const char *rel, const struct stat
 	if (id > 0) {
 		r->backing_id = id;
 		*backing_id = id;
-		mode = FS_PT_PASS;
-		atomic_fetch_add(&p->opens, 1);
 	} else {
 		r->npass--;
 		r->nother++;
-		mode = FS_PT_OTHER;
-		if (id != -ENODATA && id != -EFBIG)
-			atomic_fetch_add(&p->fallbacks, 1);
 	}
 	pthread_cond_broadcast(&p->cv);
 	pthread_mutex_unlock(&p->lock);
-	return mode;
+	if (id > 0)
+		atomic_fetch_add(&p->opens, 1);
+	/* not wholly cached, or no room for the copy: the normal path */
+	else if (id != -ENODATA && id != -ENOSPC)
+		atomic_fetch_add(&p->fallbacks, 1);
+	return id > 0 ? FS_PT_PASS : FS_PT_OTHER;
 }
 
 void fs_pt_end(struct fs *fs, uint64_t ino, int mode)
@@ -468,7 +460,6 @@ void fs_pt_end(struct fs *fs, uint64_t ino, int mode)
 		r->nother--;
 	}
 	put_locked(p, r);
-	pthread_cond_broadcast(&p->cv);
 	pthread_mutex_unlock(&p->lock);
 	/* the kernel holds its own references to the backing file by now */
 	if (id && ioctl(fuse_session_fd(fs->se), PT_DEV_IOC_BACKING_CLOSE, &id))
@@ -491,34 +482,14 @@ int fs_pt_reply_open(fuse_req_t req, const struct fuse_file_info *fi, int backin
 	return fuse_reply_iov(req, &iov, 1);
 }
 
-int fs_pt_add_stats(struct fs *fs, bool json, char **reply)
+void fs_pt_get_stats(struct fs *fs, struct fs_pt_stats *st)
 {
 	struct fs_pt *p = fs->pt;
-	const char *state = !atomic_load(&fs->passthrough) ? "off" :
-			    atomic_load(&p->off) ? "refused" : "on";
-	unsigned long long v[4] = {
-		atomic_load(&p->opens), atomic_load(&p->shared),
-		atomic_load(&p->fallbacks), atomic_load(&p->conflicts),
-	};
-	char *s = NULL, *end;
-	int n;
+	bool on = atomic_load(&fs->passthrough);
 
-	if (json) {
-		end = strrchr(*reply, '}');
-		if (!end)
-			return -EINVAL;
-		*end = 0;
-		n = asprintf(&s, "%s%s\"passthrough\":{\"state\":\"%s\",\"opens\":%llu,"
-			     "\"shared\":%llu,\"fallbacks\":%llu,\"conflicts\":%llu}}\n",
-			     *reply, end[-1] == '{' ? "" : ",", state, v[0], v[1], v[2], v[3]);
-	} else {
-		n = asprintf(&s, "%spassthrough: %s\npassthrough_opens: %llu\n"
-			     "passthrough_shared: %llu\npassthrough_fallbacks: %llu\n"
-			     "passthrough_conflicts: %llu\n", *reply, state, v[0], v[1], v[2], v[3]);
-	}
-	if (n < 0)
-		return -ENOMEM;
-	free(*reply);
-	*reply = s;
-	return 0;
+	st->state = !on ? "off" : atomic_load(&p->off) ? "refused" : "on";
+	st->why = on ? NULL : atomic_load(&p->why);
+	st->opens = atomic_load(&p->opens);
+	st->shared = atomic_load(&p->shared);
+	st->fallbacks = atomic_load(&p->fallbacks);
 }
