@@ -99,6 +99,7 @@ static int setup(void **state)
 
 	/* our own mount: INIT through fs_pt_install's io */
 	v->fs.se = fuse_session_new(&args, &ops, sizeof(ops), &v->fs);
+	fuse_opt_free_args(&args);
 	assert_non_null(v->fs.se);
 	assert_int_equal(fuse_session_mount(v->fs.se, mnt), 0);
 	assert_int_equal(fs_pt_install(&v->fs), 0);
