@@ -23,8 +23,10 @@
  * backing file would write into our copy, not the engine.  Writers of a
  * dataset would meet errors they never had, so on a writable mount
  * passthrough is not negotiated at all.  On a ro mount the kernel refuses
- * every open for writing, truncate and create before it reaches us (a
- * remount rw would need a new mount anyway: negotiation is at INIT).
+ * every open for writing, truncate and create before it reaches us.  (A
+ * remount rw keeps the connection and what INIT negotiated: then an open
+ * for writing of a file open for passthrough fails with EROFS, and other
+ * writers open normally.)
  *
  * Negotiation.  Debian's libfuse 3.14 knows nothing of it, so the session
  * reads and writes /dev/fuse through our own read and writev
