@@ -12,7 +12,8 @@
  *    low watermark; the last tier evicts;
  *  - a hit in a lower tier queues the block for promotion to the top tier;
  *  - quotas count apparent bytes on disk (data + chunk checksums + file key +
- *    80-byte footer, see tier_block_bytes()),
+ *    80-byte footer, see tier_block_bytes(), and plain copies for FUSE
+ *    passthrough, see cache_passthrough_fd()),
  *    are reserved before a block is written, and are never exceeded;
  *  - blocks being read are pinned and never unlinked under a reader.
  * Blocks read back from SSD/HDD (and MEM when verify_mem is set) are checked
@@ -223,6 +224,22 @@ int cache_contains(struct cache *c, const char *key, uint64_t off, uint64_t len)
 int cache_holds_file(struct cache *c, const char *key, uint64_t size, int64_t mtime_ns);
 
 /*
+ * FUSE passthrough (cache/whole.c): an O_RDONLY fd of a local file that
+ * holds exactly the bytes of key, for the kernel to read as the file.  Only
+ * for a file of 1 byte or more, recorded with these attributes and wholly
+ * cached: it gets a plain copy (assembled from reads of its blocks that
+ * check every chunk, charged to its first block's tier, dropped with that
+ * block or once the file changes), and every call on a tier that verifies
+ * reads (SSD, HDD, MEM with verify_mem) reads the copy whole and checks it
+ * before handing it out.  The caller owns (closes) the fd.  -ENODATA: not
+ * wholly cached with these attributes (or empty); -ENOSPC: no room in the
+ * tier for the copy; -EBUSY: another call is making it; -EBADMSG: a
+ * checksum mismatch (the block was dropped); -ESTALE: invalidated
+ * meanwhile; or another -errno.
+ */
+int cache_passthrough_fd(struct cache *c, const char *key, uint64_t size, int64_t mtime_ns);
+
+/*
  * Small-file read-ahead.  A directory listing names the files a loader is
  * about to read: the proxy calls this for each regular file of a listing
  * (with the attributes it was listed with) no bigger than prefetch_files.
@@ -252,6 +269,7 @@ struct cache_stats {
 	uint64_t prefetch_issued, prefetch_done, prefetch_failed, prefetch_used, prefetch_wasted;
 	uint64_t files_listed, files_read_ahead, files_used, files_dropped;
 	uint64_t direct_reads;      /* small random misses read from the engine as is */
+	uint64_t copies_written, copies_opened;   /* plain copies (cache_passthrough_fd) */
 	uint64_t engine_reads, engine_bytes, engine_ns;
 };
 void cache_get_stats(struct cache *c, struct cache_stats *st);

@@ -8,6 +8,11 @@
  *    is unlinked (outside the lock) and tier.used is decremented. So a pinned
  *    block is never freed under its reader, and tier.used is exactly the sum
  *    of block files on disk plus dead files not yet unlinked.
+ *  - A plain copy of a whole file (whole.c) lives and dies with the entry
+ *    of the file's first block: it is charged with it (entry_charge), made
+ *    only while that entry is pinned and live, and unlinked with the block
+ *    file by reap_run. Moves do not copy it. It is handed out only while
+ *    its whole_gen is the file's cmeta.gen.
  *  - tier.used + tier.reserved <= tier.quota at all times: a writer reserves
  *    the block's bytes before writing, converts them to used on insert and
  *    releases them on failure.
@@ -157,7 +162,8 @@ struct warm {
 };
 
 /* One block file. Identity and placement are fixed once inserted; dead,
- * moving, prefetched, pins and the links are protected by cache.lock. */
+ * moving, prefetched, whole*, pins and the links are protected by
+ * cache.lock. */
 struct centry {
 	uint64_t key, seq, index;
 	struct cmeta *meta;    /* holds a meta ref until freed */
@@ -167,11 +173,22 @@ struct centry {
 	uint32_t len, dir;
 	uint8_t tier;
 	bool dead, moving, prefetched;
+	/* (first blocks only) a plain copy of the whole file (whole.c)
+	 * exists, whole_len bytes charged to the tier with the block, of the
+	 * file at generation whole_gen; whole_sum is its XXH3-64 */
+	bool whole, whole_busy;
+	uint64_t whole_len, whole_gen, whole_sum;
 	unsigned pins;
 	struct hnode hn;       /* cache.entries, by key */
 	struct list lru;       /* tier LRU (live) or reap list (dead) */
 	struct list mlink;     /* meta->blocks */
 };
+
+/* Bytes e charges to its tier: the block file, and its plain copy. */
+static inline uint64_t entry_charge(const struct centry *e)
+{
+	return e->bytes + (e->whole ? e->whole_len : 0);
+}
 
 /* FL_QUEUED: waiting for the prefetcher (still on pf_queue unless pf_taken,
  * e.g. while the prefetcher opens the file); a demand reader may claim it

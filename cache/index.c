@@ -234,7 +234,7 @@ void entry_kill_locked(struct cache *c, struct centry *e, struct list *reap)
 		STAT_ADD(c->st.prefetch_wasted, 1);
 	if (e->pins == 0) {
 		list_add_tail(reap, &e->lru);
-		c->tiers[e->tier].freeing += e->bytes;
+		c->tiers[e->tier].freeing += entry_charge(e);
 	}
 }
 
@@ -261,9 +261,14 @@ void reap_run(struct cache *c, struct list *reap)
 		if (ret < 0 && ret != -ENOENT)
 			tier_log(TIER_LOG_WARN, "cache block unlink failed: tier%u %s block %" PRIu64 ": %s",
 				 (unsigned)e->tier, e->meta->key, e->index, strerror(-ret));
+		/* dead and unpinned: nobody else looks at e now */
+		if (e->whole && (ret = tier_whole_remove(c->tiers[e->tier].store, &b)) < 0 &&
+		    ret != -ENOENT)
+			tier_log(TIER_LOG_WARN, "cache copy unlink failed: tier%u %s: %s",
+				 (unsigned)e->tier, e->meta->key, strerror(-ret));
 		pthread_mutex_lock(&c->lock);
-		c->tiers[e->tier].used -= e->bytes;
-		c->tiers[e->tier].freeing -= e->bytes;
+		c->tiers[e->tier].used -= entry_charge(e);
+		c->tiers[e->tier].freeing -= entry_charge(e);
 		c->tiers[e->tier].st.blocks--;
 		meta_put_locked(c, e->meta);
 		pthread_mutex_unlock(&c->lock);
@@ -291,7 +296,7 @@ void entry_unpin_locked(struct cache *c, struct centry *e, struct list *reap)
 {
 	if (--e->pins == 0 && e->dead) {
 		list_add_tail(reap, &e->lru);
-		c->tiers[e->tier].freeing += e->bytes;
+		c->tiers[e->tier].freeing += entry_charge(e);
 	}
 }
 

@@ -66,6 +66,7 @@ static void move_block_locked(struct cache *c, struct centry *e, size_t j, struc
 		*e2 = *e;
 		e2->pins = 0;
 		e2->dead = e2->moving = false;
+		e2->whole = e2->whole_busy = false;   /* the copy stays with e */
 		e2->tier = (uint8_t)j;
 		e2->dir = db.dir;
 		e2->seq = db.seq;

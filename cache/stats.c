@@ -38,6 +38,7 @@ void cache_get_stats(struct cache *c, struct cache_stats *st)
 	G(checksum_failures); G(torn_discarded); G(invalidations);
 	G(prefetch_issued); G(prefetch_done); G(prefetch_failed); G(prefetch_used); G(prefetch_wasted);
 	G(direct_reads); G(engine_reads); G(engine_bytes); G(engine_ns);
+	G(copies_written); G(copies_opened);
 	G(files_listed); G(files_read_ahead); G(files_used); G(files_dropped);
 #undef G
 }
@@ -115,13 +116,14 @@ int cache_stats_format(struct cache *c, int json, char **out)
 			",\"prefetch\":{\"issued\":%" PRIu64 ",\"completed\":%" PRIu64 ",\"failed\":%" PRIu64
 			",\"used\":%" PRIu64 ",\"wasted\":%" PRIu64 ",\"effectiveness\":%.4f}"
 			",\"direct_reads\":%" PRIu64
+			",\"copies\":{\"written\":%" PRIu64 ",\"opened\":%" PRIu64 "}"
 			",\"files\":{\"listed\":%" PRIu64 ",\"read_ahead\":%" PRIu64 ",\"used\":%" PRIu64
 			",\"dropped\":%" PRIu64 "}"
 			",\"engine\":{\"reads\":%" PRIu64 ",\"bytes\":%" PRIu64 ",\"seconds\":%.6f}}\n",
 			st.lookups, st.hits, st.misses, st.fill_skipped, st.checksum_failures,
 			st.torn_discarded, st.invalidations, st.prefetch_issued, st.prefetch_done,
 			st.prefetch_failed, st.prefetch_used, st.prefetch_wasted, eff, st.direct_reads,
-			st.files_listed, st.files_read_ahead, st.files_used, st.files_dropped,
+			st.copies_written, st.copies_opened, st.files_listed, st.files_read_ahead, st.files_used, st.files_dropped,
 			st.engine_reads, st.engine_bytes, (double)st.engine_ns / 1e9);
 	} else {
 		fprintf(f, "block_size: %u\ntiers: %zu\n", c->bs, st.ntiers);
@@ -148,13 +150,14 @@ int cache_stats_format(struct cache *c, int json, char **out)
 			"prefetch_failed: %" PRIu64 "\nprefetch_used: %" PRIu64 "\n"
 			"prefetch_wasted: %" PRIu64 "\nprefetch_effectiveness: %.4f\n"
 			"direct_reads: %" PRIu64 "\n"
+			"copies_written: %" PRIu64 "\ncopies_opened: %" PRIu64 "\n"
 			"files_listed: %" PRIu64 "\nfiles_read_ahead: %" PRIu64 "\n"
 			"files_used: %" PRIu64 "\nfiles_dropped: %" PRIu64 "\n"
 			"engine_reads: %" PRIu64 "\nengine_bytes: %" PRIu64 "\nengine_seconds: %.6f\n",
 			st.lookups, st.hits, st.misses, st.fill_skipped, st.checksum_failures,
 			st.torn_discarded, st.invalidations, st.prefetch_issued, st.prefetch_done,
 			st.prefetch_failed, st.prefetch_used, st.prefetch_wasted, eff, st.direct_reads,
-			st.files_listed, st.files_read_ahead, st.files_used, st.files_dropped,
+			st.copies_written, st.copies_opened, st.files_listed, st.files_read_ahead, st.files_used, st.files_dropped,
 			st.engine_reads, st.engine_bytes, (double)st.engine_ns / 1e9);
 	}
 	if (fclose(f) != 0) {

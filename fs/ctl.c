@@ -27,6 +27,7 @@
 
 #include "fs/fs_int.h"
 #include "fs/takeover.h"
+#include "fs/passthrough.h"
 
 struct fs_ctl {
 	int fd;
@@ -233,6 +234,39 @@ static int add_meta_stats(struct fs *fs, bool json, char **reply)
 	return 0;
 }
 
+/* Append the passthrough figures (fs/passthrough.h) to a stats reply, as
+ * add_meta_stats(). */
+static int add_pt_stats(struct fs *fs, bool json, char **reply)
+{
+	struct fs_pt_stats ps;
+	char *s = NULL, *end;
+	int n;
+
+	fs_pt_get_stats(fs, &ps);
+	if (json) {
+		end = strrchr(*reply, '}');
+		if (!end)
+			return -EINVAL;
+		*end = 0;
+		n = asprintf(&s, "%s%s\"passthrough\":{\"state\":\"%s\",\"opens\":%llu,"
+			     "\"shared\":%llu,\"fallbacks\":%llu,\"why\":%s%s%s}}\n", *reply,
+			     end[-1] == '{' ? "" : ",", ps.state, (unsigned long long)ps.opens,
+			     (unsigned long long)ps.shared, (unsigned long long)ps.fallbacks,
+			     ps.why ? "\"" : "", ps.why ? ps.why : "null", ps.why ? "\"" : "");
+	} else {
+		n = asprintf(&s, "%spassthrough: %s\n%s%s%spassthrough_opens: %llu\n"
+			     "passthrough_shared: %llu\npassthrough_fallbacks: %llu\n", *reply,
+			     ps.state, ps.why ? "passthrough_why: " : "", ps.why ? ps.why : "",
+			     ps.why ? "\n" : "", (unsigned long long)ps.opens,
+			     (unsigned long long)ps.shared, (unsigned long long)ps.fallbacks);
+	}
+	if (n < 0)
+		return -ENOMEM;
+	free(*reply);
+	*reply = s;
+	return 0;
+}
+
 /* "prefix ARG": ARG (the rest of the line, may hold blanks), else NULL */
 static const char *cmd_arg(const char *cmd, const char *prefix)
 {
@@ -324,7 +358,10 @@ int fs_ctl_handler(void *arg, const char *cmd, char **reply)
 			*reply = strdup(json ? "{\"enabled\":false}\n" : "enabled: no\n");
 		else if ((ret = cache_stats_format(fs->cache, json, reply)))
 			return ret;
-		return *reply ? add_meta_stats(fs, json, reply) : -ENOMEM;
+		if (!*reply)
+			return -ENOMEM;
+		return (ret = add_meta_stats(fs, json, reply)) ? ret :
+		       fs->cache ? add_pt_stats(fs, json, reply) : 0;
 	}
 	if ((a = cmd_arg(cmd, "upgrade")))
 		return upgrade(fs, a, reply);

@@ -96,6 +96,7 @@ struct fs_opts {
 	size_t meta_max;        /* bytes of metadata cache */
 	bool immutable;         /* the dataset changes only through us */
 	bool readonly;          /* mounted ro */
+	bool passthrough;       /* passthrough=auto (1) or off (fs/passthrough.h) */
 	unsigned set_timeouts;  /* given: 1 attr, 2 entry, 4 negative */
 	struct cache_config cache; /* tiered block cache (cache/cache.h); no
 				    * tier configured = no cache */

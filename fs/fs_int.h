@@ -41,6 +41,7 @@ struct fs_checkpointer;
 struct fs_closer;
 struct fs_move;
 struct fs_tko;
+struct fs_pt;
 
 struct fs {
 	/* immutable while requests run */
@@ -59,6 +60,10 @@ struct fs {
 	struct fs_checkpointer *checkpointer;   /* journal age bound, or NULL */
 	struct fs_closer *closer;       /* closes backend fds, or NULL */
 	struct fs_tko *tko;             /* takeover state, or NULL (off) */
+	struct fs_pt *pt;               /* passthrough (fs/passthrough.h) */
+	/* passthrough negotiated: set by the worker serving INIT before its
+	 * reply goes out, so before any other request is read */
+	atomic_bool passthrough;
 
 	pthread_mutex_t root_lock;      /* a leaf */
 	struct stat root_stat;          /* protected by root_lock */

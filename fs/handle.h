@@ -83,6 +83,10 @@ struct fs_handle {
 	uint64_t tag;           /* immutable: unique, names our journal entries */
 	int flags;              /* immutable: open flags as the app gave them */
 	bool dir;               /* immutable */
+	uint8_t pt;             /* immutable once added: what fs/passthrough.c
+				 * counted the open as (enum fs_pt_mode) */
+	int32_t backing;        /* immutable once added: the backing id of a
+				 * passthrough open (kept for a successor) */
 	struct fs_file *file;   /* immutable once added (file handles) */
 	int fd;                 /* protected by lock */
 	uint64_t gen;           /* protected by lock: generation fd belongs to */

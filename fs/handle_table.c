@@ -58,6 +58,7 @@ enum { HL_ADD = 1, HL_DEL, HL_S_TAG };
 struct hl_add {
 	uint64_t idx, ino, tag;
 	int32_t flags, dir;
+	int32_t pt, backing;            /* passthrough: enum fs_pt_mode, id */
 };
 #define HL_SNAP_MIN (1u << 20)
 
@@ -236,7 +237,7 @@ static void hlog_snapshot_locked(struct fs_handle_table *t)
 
 		if (!h)
 			continue;
-		r = (struct hl_add){ i, h->ino, h->tag, h->flags, h->dir };
+		r = (struct hl_add){ i, h->ino, h->tag, h->flags, h->dir, h->pt, h->backing };
 		ret = fs_statelog_snap_add(t->log, HL_ADD, &r, sizeof(r));
 	}
 	if (!ret)
@@ -249,7 +250,7 @@ static void hlog_snapshot_locked(struct fs_handle_table *t)
 /* Caller holds t->lock. */
 static void hlog_add(struct fs_handle_table *t, uint64_t idx, const struct fs_handle *h)
 {
-	struct hl_add r = { idx, h->ino, h->tag, h->flags, h->dir };
+	struct hl_add r = { idx, h->ino, h->tag, h->flags, h->dir, h->pt, h->backing };
 
 	if (!t->log || fs_statelog_append(t->log, HL_ADD, &r, sizeof(r)))
 		return;
@@ -303,6 +304,8 @@ static int restore_one(void *arg, uint32_t type, const void *p, size_t len)
 		if (!h)
 			return -ENOMEM;
 		h->tag = r->tag;
+		h->pt = (uint8_t)r->pt;
+		h->backing = r->backing;
 		if (r->tag >= atomic_load(&next_tag))
 			atomic_store(&next_tag, r->tag + 1);
 		/* what it wrote before may not be flushed */

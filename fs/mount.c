@@ -34,6 +34,7 @@
 #include <xxhash.h>
 
 #include "fs/fs_int.h"
+#include "fs/passthrough.h"
 #include "fs/takeover.h"
 
 
@@ -291,6 +292,7 @@ int fs_new(struct fs **out, struct fs_opts *o, char *err, size_t errlen)
 		goto out_free;
 	}
 	if ((ret = fs_inode_table_new(&fs->inodes)) ||
+	    (ret = fs_pt_new(&fs->pt)) ||
 	    (ret = fs_handle_table_new(&fs->handles, fs->journal_dir, fs_opts_journals(o))) ||
 	    (ret = fs_engine_new(&fs->engine, o, fs->id, fs->dir, fs_recover_handles, fs))) {
 		snprintf(err, errlen, "out of memory");
@@ -432,13 +434,13 @@ static int takeover_begin(struct fs *fs, int *ready_fd)
 	int ret;
 
 	if (!succ && fs->o->no_takeover)
-		return 0;
+		goto no_takeover;
 	if ((ret = fs_tko_start(fs, succ ? -1 : fuse_session_fd(fs->se), *ready_fd, &t))) {
 		if (succ)
 			return ret;
 		fs_log(FS_LOG_WARN, "takeover off (a crash of the proxy loses the mount): %s",
 		       strerror(-ret));
-		return 0;
+		goto no_takeover;
 	}
 	fs->tko = t;
 	if ((ret = fs_session_io_install(fs, t->fusefd)))
@@ -453,8 +455,15 @@ static int takeover_begin(struct fs *fs, int *ready_fd)
 	if (succ) {
 		char err[300] = "";
 		int pid = atomic_load(&t->sh->engine_pid);
-		size_t n = fs_handle_count(fs->handles);
+		struct fs_handle **v;
+		size_t n = fs_handle_all(fs->handles, 0, &v);
 
+		/* passthrough opens the kernel still has, with their backing ids */
+		for (size_t i = 0; i < n; i++)
+			if (!v[i]->dir && fs_pt_restore(fs, v[i]->ino, v[i]->pt, v[i]->backing))
+				fs_log(FS_LOG_ERR, "cannot count passthrough open of inode %llu again",
+				       (unsigned long long)v[i]->ino);
+		fs_handle_put_all(fs->handles, v, n);
 		fs_engine_count_handle(fs->engine, (int)n);
 		if (pid > 0 && (ret = fs_engine_adopt(fs->engine, pid, t->sh->engine_start,
 						      t->sh->engine_gen, t->sh->backend, err,
@@ -466,6 +475,12 @@ static int takeover_begin(struct fs *fs, int *ready_fd)
 		       n, fs_inode_count(fs->inodes),
 		       pid > 0 && !ret ? "adopted" : "not running");
 	}
+	return 0;
+no_takeover:
+	/* only passthrough may want our io then */
+	if ((ret = fs_session_io_install(fs, fuse_session_fd(fs->se))))
+		fs_log(FS_LOG_WARN, "passthrough off: cannot set the session's io: %s",
+		       strerror(-ret));
 	return 0;
 }
 
@@ -636,6 +651,7 @@ void fs_free(struct fs *fs)
 	fs->meta = NULL;
 	fs_engine_free(fs->engine);
 	fs_handle_table_free(fs->handles);
+	fs_pt_free(fs->pt);
 	fs_inode_table_free(fs->inodes);
 	fs_tko_free(fs->tko);
 	pthread_mutex_destroy(&fs->root_lock);

@@ -75,6 +75,7 @@
 #include <unistd.h>
 
 #include "fs/ops_int.h"
+#include "fs/passthrough.h"
 
 struct fs *fs_req(fuse_req_t req)
 {
@@ -212,11 +213,15 @@ int fs_add_handle(struct fs *fs, struct fs_handle *h, struct fuse_file_info *fi)
 
 void fs_drop_handle(struct fs *fs, struct fs_handle *h, struct fuse_file_info *fi)
 {
+	uint64_t ino = h->ino;
+	int pt = h->pt;
+
 	if (!h->dir)
 		fs_cache_detach(h, NULL);
-	fs_inode_close(fs->inodes, h->ino);
-	fs_handle_remove(fs->handles, fi->fh);
+	fs_inode_close(fs->inodes, ino);
+	fs_handle_remove(fs->handles, fi->fh);     /* may free h */
 	fs_engine_count_handle(fs->engine, -1);
+	fs_pt_end(fs, ino, pt);
 }
 
 static pthread_key_t rbuf_key;

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "fs/ops_int.h"
+#include "fs/passthrough.h"
 
 /*
  * A read-only open that needs no engine round trip: a handle without a
@@ -43,6 +44,14 @@ static struct fs_handle *lazy_handle(struct fs *fs, uint64_t ino, const char *re
 	return fs_handle_alloc(ino, fi->flags, false);
 }
 
+/*
+ * Passthrough (fs/passthrough.c) is decided once the file's attributes are
+ * known (the cache's copy is checked against them), for every open: an
+ * open counted in `pt` until its handle is added (then in h->pt).  A
+ * passthrough handle needs no backend fd (one it opened goes), as a lazy
+ * handle, and nothing to reopen after an engine restart: its reads never
+ * reach us.
+ */
 static void open_common(fuse_req_t req, fuse_ino_t parent, const char *name,
 			fuse_ino_t ino, mode_t mode, struct fuse_file_info *fi)
 {
@@ -53,7 +62,7 @@ static void open_common(fuse_req_t req, fuse_ino_t parent, const char *name,
 	struct fuse_entry_param e;
 	struct fs_handle *h = NULL;
 	struct stat st;
-	int ret, fd = -1;
+	int ret, fd = -1, pt = FS_PT_NONE, backing_id = 0;
 
 	if (creating && fs_is_silly_name(name)) {
 		ret = -EPERM;
@@ -110,18 +119,38 @@ static void open_common(fuse_req_t req, fuse_ino_t parent, const char *name,
 			fs_handle_put(fs->handles, h);
 			goto out;
 		}
-		h->ino = e.ino;
+		h->ino = ino = e.ino;
 	}
 opened:
+	if ((pt = fs_pt_open(fs, ino, rel, &st, fi->flags, &backing_id)) < 0) {
+		ret = pt;
+		pt = FS_PT_NONE;
+		if (creating)
+			fs_inode_forget(fs->inodes, e.ino, 1);
+		fs_handle_put(fs->handles, h);
+		goto out;
+	}
+	if (pt == FS_PT_PASS && h->fd >= 0) {
+		fs_closer_push(fs, h->fd);      /* the kernel reads the copy */
+		h->fd = -1;
+		h->gen = 0;
+	}
+	h->pt = (uint8_t)pt;
+	h->backing = pt == FS_PT_PASS ? backing_id : 0;
 	if ((ret = fs_add_handle(fs, h, fi))) {
 		if (creating)
 			fs_inode_forget(fs->inodes, e.ino, 1);
 		goto out;
 	}
+	pt = FS_PT_NONE;        /* the handle's now */
 	if (creating)
 		fs_file_set_attrs(h->file, &st);
 	fs_cache_attach(fs, h, rel, &st, fi);
-	if ((creating ? fuse_reply_create(req, &e, fi) : fuse_reply_open(req, fi)) == -ENOENT) {
+	if (h->pt == FS_PT_PASS)
+		ret = fs_pt_reply_open(req, fi, backing_id);
+	else
+		ret = creating ? fuse_reply_create(req, &e, fi) : fuse_reply_open(req, fi);
+	if (ret == -ENOENT) {
 		/* interrupted: the kernel never saw the handle (or the entry) */
 		if (creating)
 			fs_inode_forget(fs->inodes, e.ino, 1);
@@ -129,6 +158,7 @@ opened:
 	}
 	return;
 out:
+	fs_pt_end(fs, ino, pt);
 	fuse_reply_err(req, -ret);
 }
 
@@ -284,6 +314,7 @@ void fs_op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	fs_cache_detach(h, wrote ? &st : NULL);
 	fs_handle_remove(fs->handles, fi->fh);
 	fs_engine_count_handle(fs->engine, -1);
+	fs_pt_end(fs, h->ino, h->pt);
 	if (fs_inode_close_silly(fs->inodes, h->ino, rel, sizeof(rel)) == 1)
 		silly_cleanup(fs, h->ino, rel);
 	fs_handle_put(fs->handles, h);

@@ -57,6 +57,7 @@ void fs_opts_init(struct fs_opts *o)
 	o->journal = FS_JOURNAL_AUTO;
 	o->meta_ttl = -1;
 	o->meta_max = 64u << 20;
+	o->passthrough = true;
 	cache_config_init(&o->cache);
 }
 
@@ -136,6 +137,9 @@ void fs_usage(const char *prog)
 	       "  takeover=on|off        a new proxy takes over the mount when this one\n"
 	       "                         dies or is upgraded (on)\n"
 	       "  meta_max=SIZE          memory for the metadata cache (64M)\n"
+	       "  passthrough=auto|off   the kernel reads files wholly in a cache tier itself\n"
+	       "                         (FUSE passthrough; auto: on ro mounts with a cache\n"
+	       "                         and CAP_SYS_ADMIN, when the kernel offers it) (auto)\n"
 	       "\n"
 	       "block cache options (-o, see lazarusfs.conf(5); no tier = no cache):\n"
 	       "  tierN=MEDIUM:PATH[|PATH...]:QUOTA   e.g. tier0=MEM:/dev/shm/lz:1G\n"
@@ -246,7 +250,7 @@ static int parse_own(struct fs_opts *o, const char *key, const char *v,
 	bool ours = !strcmp(key, "engine") || !strcmp(key, "journal_mem") ||
 		    !strcmp(key, "journal_max") || !strcmp(key, "journal") ||
 		    !strcmp(key, "meta_max") || !strcmp(key, "immutable") ||
-		    !strcmp(key, "takeover");
+		    !strcmp(key, "takeover") || !strcmp(key, "passthrough");
 
 	for (size_t i = 0; i < sizeof(secs) / sizeof(*secs); i++)
 		ours |= !strcmp(key, secs[i].name);
@@ -293,6 +297,14 @@ static int parse_own(struct fs_opts *o, const char *key, const char *v,
 			return -EINVAL;
 		}
 		o->immutable = v[0] == '1';
+		return 0;
+	}
+	if (!strcmp(key, "passthrough")) {
+		if (strcmp(v, "auto") && strcmp(v, "off")) {
+			snprintf(err, errlen, "invalid value for passthrough: '%s' (want auto or off)", v);
+			return -EINVAL;
+		}
+		o->passthrough = !strcmp(v, "auto");
 		return 0;
 	}
 	if (!strcmp(key, "meta_max"))

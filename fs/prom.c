@@ -6,8 +6,8 @@
  * reads that directory), atomically: a temporary file, then a rename.  It
  * holds the figures an operator pages on (is the proxy up, is the engine,
  * how often it restarted and how long recoveries took, handles, requests,
- * journals, the metadata cache) and, with a block cache, the cache's
- * families.  Every sample carries a mountpoint label.  fs_prom_free()
+ * journals, the metadata cache) and, with a block cache, passthrough and
+ * the cache's families.  Every sample carries a mountpoint label.  fs_prom_free()
  * stops the thread and removes the file, so a gone mount exports nothing.
  */
 #include "config.h"
@@ -22,6 +22,7 @@
 
 #include "fs/fs_int.h"
 #include "fs/takeover.h"
+#include "fs/passthrough.h"
 
 #define FS_PROM_SECONDS 5
 
@@ -52,6 +53,7 @@ static void write_families(struct fs_prom *p, FILE *f)
 	struct fs *fs = p->fs;
 	struct fs_engine_metrics m;
 	struct fs_meta_stats ms;
+	struct fs_pt_stats ps;
 	unsigned long cum = 0;
 	size_t jbytes, jentries;
 
@@ -116,8 +118,17 @@ static void write_families(struct fs_prom *p, FILE *f)
 		sample(f, p, "lazarusfs_metadata_cache_misses_total", "counter",
 		       "Lookups, stats and listings the metadata cache could not answer.", ms.misses);
 	}
-	if (fs->cache)
+	if (fs->cache) {
+		fs_pt_get_stats(fs, &ps);
+		sample(f, p, "lazarusfs_passthrough_on", "gauge",
+		       "1 while files wholly in a cache tier are read by the kernel (FUSE passthrough).",
+		       !strcmp(ps.state, "on"));
+		sample(f, p, "lazarusfs_passthrough_opens_total", "counter",
+		       "Opens passed through to a cache file.", ps.opens);
+		sample(f, p, "lazarusfs_passthrough_fallbacks_total", "counter",
+		       "Opens of a wholly cached file served the normal way.", ps.fallbacks);
 		cache_prom_write(fs->cache, f);
+	}
 }
 
 int fs_prom_write(struct fs_prom *p)

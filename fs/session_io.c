@@ -3,8 +3,11 @@
  *
  * libfuse 3.14 lets a daemon read and write the session itself
  * (fuse_session_custom_io).  We do nothing but read(2) and writev(2),
- * plus three things around INIT and resent requests:
+ * plus four things around INIT and resent requests:
  *
+ *   - Passthrough (fs/passthrough.c), which libfuse 3.14 cannot
+ *     negotiate: its hooks see the INIT request and patch the reply.  This
+ *     is the only part when takeover is off.
  *   - The first worker keeps the INIT request it reads, and the reply
  *     libfuse writes to it (the first write with INIT's unique id), in the
  *     shared page, before the reply reaches the kernel.
@@ -39,6 +42,7 @@
 #include <fuse_lowlevel.h>
 
 #include "fs/fs_int.h"
+#include "fs/passthrough.h"
 #include "fs/takeover.h"
 
 #define SIO_NOTIFY_RESEND 7             /* FUSE_NOTIFY_RESEND, 7.40 */
@@ -46,12 +50,13 @@
 
 static _Thread_local bool tls_resent;
 
-/* Per session; the mount has one. */
+/* The session's: a process has one at a time. */
 static struct {
 	atomic_bool init_read;          /* INIT seen (or fed) */
 	atomic_bool init_done;          /* its reply seen */
 	atomic_ullong init_unique;
 	atomic_bool mismatch;           /* a successor negotiated otherwise */
+	bool pt;                        /* call the passthrough hooks */
 } sio;
 
 bool fs_tko_resent(void)
@@ -62,30 +67,37 @@ bool fs_tko_resent(void)
 static ssize_t sio_read(int fd, void *buf, size_t len, void *userdata)
 {
 	struct fs *fs = userdata;
-	struct fs_tko_shared *sh = fs->tko->sh;
+	struct fs_tko_shared *sh = fs->tko ? fs->tko->sh : NULL;
 	const struct fuse_in_header *ih = buf;
 	ssize_t n;
 
 	tls_resent = false;
-	if (fs->tko->successor && !atomic_load(&sio.init_read)) {
+	if (sh && fs->tko->successor && !atomic_load(&sio.init_read)) {
 		if (len < sh->init_in_len)
 			return -1;
 		memcpy(buf, sh->init_in, sh->init_in_len);
-		atomic_store(&sio.init_unique, ih->unique);
-		atomic_store(&sio.init_read, true);
-		return (ssize_t)sh->init_in_len;
+		n = (ssize_t)sh->init_in_len;
+		goto init;
 	}
 	n = read(fd, buf, len);
 	if (n < (ssize_t)sizeof(*ih))
 		return n;
 	tls_resent = (ih->unique & SIO_UNIQUE_RESEND) != 0;
-	if (!atomic_load(&sio.init_read) && ih->opcode == FUSE_INIT &&
-	    (size_t)n <= sizeof(sh->init_in)) {
+	if (atomic_load(&sio.init_read) || ih->opcode != FUSE_INIT)
+		return n;
+	if (sh && (size_t)n <= sizeof(sh->init_in)) {
 		memcpy(sh->init_in, buf, (size_t)n);
 		sh->init_in_len = (uint32_t)n;
-		atomic_store(&sio.init_unique, ih->unique);
-		atomic_store(&sio.init_read, true);
 	}
+init:
+	if (sio.pt) {
+		int err = errno;
+
+		fs_pt_init_seen(fs, buf, (size_t)n);
+		errno = err;
+	}
+	atomic_store(&sio.init_unique, ih->unique);
+	atomic_store(&sio.init_read, true);
 	return n;
 }
 
@@ -105,32 +117,47 @@ static size_t flatten(const struct iovec *iov, int count, unsigned char *buf, si
 static ssize_t sio_writev(int fd, struct iovec *iov, int count, void *userdata)
 {
 	struct fs *fs = userdata;
-	struct fs_tko_shared *sh = fs->tko->sh;
+	struct fs_tko_shared *sh = fs->tko ? fs->tko->sh : NULL;
 	const struct fuse_out_header *oh = iov[0].iov_base;
 	unsigned char tmp[FS_TKO_INIT_MAX];
+	struct iovec v[2];
 	size_t n;
 
-	if (atomic_load(&sio.init_done) || !atomic_load(&sio.init_read) ||
+	if (atomic_load(&sio.init_done) || !atomic_load(&sio.init_read) || count > 2 ||
 	    iov[0].iov_len < sizeof(*oh) || oh->unique != atomic_load(&sio.init_unique))
 		return writev(fd, iov, count);
 	atomic_store(&sio.init_done, true);
+	/* the hook may point v[1] at a patched copy; libfuse's stays as is */
+	memcpy(v, iov, (size_t)count * sizeof(*v));
+	if (sio.pt)
+		fs_pt_init_reply(fs, v, count);
+	if (!sh)
+		return writev(fd, v, count);
 	if (!fs->tko->successor) {
-		n = flatten(iov, count, sh->init_out, sizeof(sh->init_out));
+		n = flatten(v, count, sh->init_out, sizeof(sh->init_out));
 		sh->init_out_len = n <= sizeof(sh->init_out) ? (uint32_t)n : 0;
-		return writev(fd, iov, count);
+		return writev(fd, v, count);
 	}
 	/* a successor: the kernel has had its reply; only check ours */
-	n = flatten(iov, count, tmp, sizeof(tmp));
+	n = flatten(v, count, tmp, sizeof(tmp));
 	if (n != sh->init_out_len || memcmp(tmp, sh->init_out, n))
 		atomic_store(&sio.mismatch, true);
-	return (ssize_t)n;
+	return (ssize_t)flatten(iov, count, tmp, 0);
 }
 
 int fs_session_io_install(struct fs *fs, int fd)
 {
 	static const struct fuse_custom_io io = { .read = sio_read, .writev = sio_writev };
 
-	if (fs->tko->successor && (!fs->tko->sh->init_in_len || !fs->tko->sh->init_out_len))
+	/* one session per process (a test may make several in a row) */
+	atomic_store(&sio.init_read, false);
+	atomic_store(&sio.init_done, false);
+	atomic_store(&sio.mismatch, false);
+	sio.pt = fs_pt_wanted(fs);
+	if (!fs->tko && !sio.pt)
+		return 0;               /* nothing to do: libfuse's own io */
+	if (fs->tko && fs->tko->successor &&
+	    (!fs->tko->sh->init_in_len || !fs->tko->sh->init_out_len))
 		return -EPROTO;         /* the first worker died before INIT */
 	return fuse_session_custom_io(fs->se, &io, fd) ? -EIO : 0;
 }

@@ -174,6 +174,8 @@ unsigned long long fs_tko_proc_start(pid_t pid);
  * for its thread (fs_tko_resent()): the handlers then treat it as a retry
  * that may find its own result (EEXIST of a mkdir it made).
  */
+/* Install it on fd when takeover is on (fs->tko) or passthrough may be
+ * negotiated; else leave libfuse's own.  0 or -errno. */
 int fs_session_io_install(struct fs *fs, int fd);
 /* After libfuse processed the replayed INIT: FUSE_NOTIFY_RESEND.  0 or
  * -errno (the kernel is older than 6.9: requests the dead worker had read

@@ -1,7 +1,8 @@
 /*
  * The scan at mount: every block file of every directory is checked
  * (length, footer, chunk table, identity) before cache/ indexes it; temp
- * files of interrupted writes and torn or foreign-format files are deleted.
+ * files of interrupted writes, torn or foreign-format files and plain copies
+ * (tier.h) are deleted.
  * Directory listing uses readdir(3): liburing 2.3 has no opcode for it.
  */
 #ifdef HAVE_CONFIG_H
@@ -105,6 +106,12 @@ int tier_scan(struct tier *t, int (*cb)(void *arg, const struct tier_block *b),
 				if (de->d_name[0] == '.')
 					continue;
 				snprintf(rel, sizeof(rel), "%s/%s", sub, de->d_name);
+				if ((nl == 39 && !strcmp(de->d_name + 33, TIER_WHOLE_SUFFIX)) ||
+				    (nl == 43 && !strcmp(de->d_name + 33, TIER_WHOLE_SUFFIX ".tmp"))) {
+					/* a plain copy: its checksum died with its process */
+					uring_unlinkat(t->dirs[i].dirfd, rel);
+					continue;
+				}
 				if (nl == 37 && !strcmp(de->d_name + 33, ".tmp")) {
 					/* interrupted write: never served */
 					uring_unlinkat(t->dirs[i].dirfd, rel);

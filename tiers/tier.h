@@ -31,6 +31,14 @@
  * discarded at scan, and data corruption is caught by the chunk checksums at
  * read time.
  *
+ * Plain copies (for FUSE passthrough, cache/whole.c): a file whose blocks
+ * are all cached may have a copy of its data bytes alone, nothing else, in
+ * <dir>/<xx>/<key:016x>-<seq:016x>.whole, named after its first block and
+ * next to it, so that the kernel can read it as the file.  Its checksum is
+ * not on disk: the writer computes it, and the cache keeps it in memory,
+ * so copies do not outlive the process that made them: tier_scan()
+ * deletes every one it finds (and their temp files).
+ *
  * Locking: struct tier has one internal mutex guarding the per-directory
  * health flags; it is never held across I/O or logging, and no other lock
  * is taken under it, so callers may hold their own (cache/ calls
@@ -137,6 +145,26 @@ int tier_remove(struct tier *t, const struct tier_block *b);
  * -errno. */
 int tier_scan(struct tier *t, int (*cb)(void *arg, const struct tier_block *b),
 	      void *arg, unsigned *discarded);
+
+/*
+ * Write a plain copy named after block b (b->dir, key, seq): begin returns
+ * the fd of its temp file (or -errno), put writes len bytes at off (0 or
+ * -errno), end closes fd and renames the copy into place when err (the
+ * caller's) is 0, else removes it and returns err; 0 or -errno.  Each logs
+ * its own failures.
+ */
+int tier_whole_begin(struct tier *t, const struct tier_block *b);
+int tier_whole_put(struct tier *t, const struct tier_block *b, int fd, const void *data,
+		   size_t len, uint64_t off);
+int tier_whole_end(struct tier *t, const struct tier_block *b, int fd, int err);
+/* Open b's plain copy read-only after checking its size, and with verify
+ * after reading it whole and checking its XXH3-64 against sum.  A new
+ * O_RDONLY|O_CLOEXEC fd (the caller closes it), -EBADMSG on a mismatch,
+ * -ENOENT when there is none, or another -errno. */
+int tier_whole_open(struct tier *t, const struct tier_block *b, uint64_t size, uint64_t sum,
+		    int verify);
+/* Unlink b's plain copy: 0 or -errno (-ENOENT when there is none). */
+int tier_whole_remove(struct tier *t, const struct tier_block *b);
 
 /* 1 when at least one directory accepts new blocks. */
 int tier_usable(struct tier *t);

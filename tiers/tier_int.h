@@ -5,6 +5,7 @@
  *   block.c   block I/O: write, read, ranged read, remove
  *   format.c  the on-disk format: names, footer, chunk table, verification
  *   scan.c    the scan at mount (rebuild of cache/'s index)
+ *   whole.c   plain copies of whole files for FUSE passthrough
  *   uring.c   the calling thread's io_uring and the I/O helpers over it
  *   log.c     the log shim shared with cache/
  */
@@ -64,6 +65,8 @@ struct footer {
 _Static_assert(sizeof(struct footer) == TIER_FOOTER_SIZE, "footer layout");
 
 #define BLOCK_NAME_MAX 64
+/* a file's plain copy is "<its first block's name>.whole" (tier.h) */
+#define TIER_WHOLE_SUFFIX ".whole"
 /* "<xx>/<key:016x>-<seq:016x><suffix>" */
 void block_name(char *buf, size_t len, uint64_t key, uint64_t seq, const char *suffix);
 /* Parse "<16 hex>-<16 hex>" (exactly); returns 0 on match, -1 otherwise. */

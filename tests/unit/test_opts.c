@@ -291,6 +291,16 @@ static void test_flags(void **state)
 	assert_true(r->o.foreground);
 	assert_true(r->o.debug);
 	assert_true(has_fuse_opt(r, "debug"));
+	assert_true(r->o.passthrough);          /* auto by default */
+	run_free(r);
+
+	/* passthrough is ours, not the kernel's */
+	r = parse_ok("-o", "engine=bindfs,passthrough=off", "s", mnt, NULL);
+	assert_false(r->o.passthrough);
+	assert_null(strstr(r->fargv[2], "passthrough"));
+	run_free(r);
+	r = parse_ok("-o", "engine=bindfs,passthrough=off,passthrough=auto", "s", mnt, NULL);
+	assert_true(r->o.passthrough);
 	run_free(r);
 }
 
@@ -340,6 +350,10 @@ static void test_errors(void **state)
 		     "-o", "engine=bindfs,journal_mem=10KB", "s", mnt, NULL);
 	expect_error(-EINVAL, "invalid value for journal_max: '-1'",
 		     "-o", "engine=bindfs,journal_max=-1", "s", mnt, NULL);
+	expect_error(-EINVAL, "invalid value for passthrough: '1' (want auto or off)",
+		     "-o", "engine=bindfs,passthrough=1", "s", mnt, NULL);
+	expect_error(-EINVAL, "option passthrough needs a value",
+		     "-o", "engine=bindfs,passthrough", "s", mnt, NULL);
 	expect_error(-EINVAL, "option start_timeout needs a value",
 		     "-o", "engine=bindfs,start_timeout", "s", mnt, NULL);
 	expect_error(-EINVAL, "option engine needs a value",
