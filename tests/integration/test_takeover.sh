@@ -1,0 +1,309 @@
+#!/bin/bash
+# Takeover (issue 15): lazarusfs survives its own crash.  `kill -9` of the
+# proxy (the worker that serves the FUSE connection; `proxy_pid:` in
+# `lazarusctl status`) makes the holder (the process mount leaves running,
+# which holds /dev/fuse and the state log) start a new worker on the same
+# kernel mount: open files, directories, unlinked-open files, locks and the
+# engine (adopted, not restarted) carry on, and no application call fails.
+# `lazarusctl upgrade` replaces the worker the same way, at a request
+# boundary.
+#
+# The application side is tests/integration/takeover.py, one process that
+# holds every test descriptor and never forks.  This shell never opens a
+# test file: it reads proxy_pid with lazarusctl and sends the kills (or
+# runs the upgrades) on takeover.py's requests through two fifos.  A
+# process that inherited the descriptors and closed them would make the
+# kernel send FLUSH and hide what a takeover must carry (the write journal).
+#
+# Cases, each on a fresh mount (3 kills each unless said):
+#   1 read      256 MiB read through one fd (bindfs), sha256 vs the source
+#   2 write     256 MiB written through one fd over sshfs and over
+#               tests/bufengine, compared on the engine's storage after close
+#   3 readdir   3000 entries through one directory fd, in getdents64 pieces
+#   4 unlink    an unlinked-open file read and written
+#   5 lock      a POSIX lock (fcntl) held, seen by another process each time
+#   6 engine    the engine keeps its pid and mount; proxy_restarts +3
+#   7 meta      4 threads: create(O_EXCL)/mkdir/rename/link/symlink/unlink/
+#               rmdir, 2 kills: every call succeeds, tree = local reference
+#   8 upgrade   5 upgrades (the last with --binary) under a verifying reader
+# Each case prints PASS or FAIL with the reason; the test fails if any does.
+# TKO_CASES="1 7" runs only those cases.
+. "$(dirname "$0")/lib.sh"
+
+TKO=$SRC_DIR/tests/integration/takeover.py
+T0=$T
+TKO_LIMIT=${TKO_LIMIT:-90}      # seconds one takeover.py run may take
+start_sshd
+
+# ---- talking to the case's mount ($MNT, $LZ_STATE)
+
+# tko_status: `lazarusctl status` of the mount; fails when it does not answer
+tko_status() {
+	timeout 5 "$LAZARUSCTL" --state-dir "$LZ_STATE" status "$MNT" 2>&1
+}
+
+# field STATUS KEY: one value of a status text
+field() {
+	sed -n "s/^$2: *//p" <<<"$1" | head -n 1
+}
+
+# oneline TEXT [CHARS]: TEXT on one line, cut at CHARS (600)
+oneline() {
+	tr '\n' ' ' <<<"$1" | cut -c "1-${2:-600}"
+}
+
+# alive PID: a live process, not a zombie
+alive() {
+	[ -n "$1" ] && [ "$1" != 0 ] && case $(ps -o stat= -p "$1" 2>/dev/null) in "" | Z*) false ;; esac
+}
+
+# diag: what the mount looks like when a takeover did not happen
+diag() {
+	local s minor holder
+	s=$(tko_status) && echo "status: $(oneline "$s")" || echo "lazarusctl status fails: $(oneline "$s")"
+	holder=$(field "$s" holder_pid)
+	[ -n "$holder" ] && echo "holder $holder $(alive "$holder" && echo alive || echo DEAD)," \
+		"children: $(pgrep -P "$holder" | tr '\n' ' ')"
+	minor=$(awk -v m="$MNT" '$5 == m {print $3}' /proc/self/mountinfo | head -n 1)
+	[ -n "$minor" ] && echo "kernel connection ${minor#*:}: waiting requests" \
+		"$(cat "/sys/fs/fuse/connections/${minor#*:}/waiting" 2>/dev/null)"
+	echo "stat of the mount root: $(timeout 3 stat -c 'inode %i' "$MNT" 2>&1 || echo 'no answer in 3 s')"
+}
+
+# wait_new_proxy OLD: print the new proxy_pid once status shows a live one
+# other than OLD (20 s at most)
+wait_new_proxy() {
+	local s new
+	for _ in $(seq 200); do
+		if s=$(tko_status); then
+			new=$(field "$s" proxy_pid)
+			if [ -n "$new" ] && [ "$new" != "$1" ] && alive "$new"; then
+				echo "$new"
+				return 0
+			fi
+		fi
+		sleep 0.1
+	done
+	return 1
+}
+
+ms_since() {
+	echo $((($(date +%s%N) - $1) / 1000000))
+}
+
+# ---- the requests of takeover.py (replies on fd 4; TKO_ERR set on failure)
+
+reply_err() {
+	TKO_ERR=$*
+	echo "ERR $*" >&4
+}
+
+serve_kill() {
+	local s old holder engine new t0
+	s=$(tko_status) || { reply_err "status before the kill: $(oneline "$s")"; return; }
+	old=$(field "$s" proxy_pid) holder=$(field "$s" holder_pid) engine=$(field "$s" pid)
+	alive "$old" || { reply_err "no live proxy_pid in lazarusctl status: $(oneline "$s")"; return; }
+	kill -9 "$old" || { reply_err "kill -9 $old failed"; return; }
+	t0=$(date +%s%N)
+	echo "SENT $old" >&4
+	if ! new=$(wait_new_proxy "$old"); then
+		reply_err "no new proxy within 20 s of kill -9 of proxy $old" \
+			"(old one $(alive "$old" && echo 'still alive' || echo dead)); $(oneline "$(diag)")"
+		return
+	fi
+	s=$(tko_status)
+	KILLS=$((KILLS + 1))
+	echo "OK old=$old new=$new ms=$(ms_since "$t0") holder=$holder,$(field "$s" holder_pid)" \
+		"engine=$engine,$(field "$s" pid) proxy_restarts=$(field "$s" proxy_restarts)" >&4
+}
+
+serve_status() {
+	local s
+	s=$(tko_status) || { reply_err "status: $(oneline "$s")"; return; }
+	echo "OK $(sed -n 's/^\([a-z_0-9]*\): *\(.*\)$/\1=\2/p' <<<"$s" | tr ' ' _ | tr '\n' ' ')" >&4
+}
+
+serve_probe() {
+	local out
+	out=$("$PY" "$TKO" probe "$1" 2>&1) || { reply_err "lock probe: $(oneline "$out")"; return; }
+	echo "OK $out" >&4
+}
+
+# serve_upgrade N: N upgrades in a row, the last to a copy of the binary
+serve_upgrade() {
+	local n=$1 k s old new out t0 pids= times= next=$T/lazarusfs-next bin
+	cp "$LAZARUSFS" "$next" || { reply_err "cannot copy $LAZARUSFS"; return; }
+	for ((k = 1; k <= n; k++)); do
+		s=$(tko_status) || { reply_err "status before upgrade $k: $(oneline "$s")"; return; }
+		old=$(field "$s" proxy_pid)
+		alive "$old" || { reply_err "no live proxy_pid before upgrade $k: $(oneline "$s")"; return; }
+		bin=()
+		[ $k = "$n" ] && bin=(--binary "$next")
+		t0=$(date +%s%N)
+		out=$(timeout 30 "$LAZARUSCTL" --state-dir "$LZ_STATE" upgrade "$MNT" "${bin[@]}" 2>&1) ||
+			{ reply_err "upgrade $k (proxy $old): lazarusctl upgrade failed: $(oneline "$out" 200)"; return; }
+		new=$(wait_new_proxy "$old") ||
+			{ reply_err "upgrade $k: proxy_pid still $old 20 s after '$(oneline "$out" 200)'; $(oneline "$(diag)")"; return; }
+		if [ ${#bin[@]} -gt 0 ] && [ "$(readlink "/proc/$new/exe")" != "$next" ]; then
+			reply_err "upgrade $k --binary $next: the new proxy $new runs $(readlink "/proc/$new/exe")"
+			return
+		fi
+		pids=$pids${pids:+,}$old-$new times=$times${times:+,}$(ms_since "$t0")
+		sleep 0.3       # the reader reads through the new proxy before the next
+	done
+	echo "OK pids=$pids ms=$times" >&4
+}
+
+# tko_run SCENARIO [VAR=VALUE...]: run takeover.py SCENARIO on $MNT and
+# $SRC, serving its requests, and fail if it fails or hangs
+tko_run() {
+	local scen=$1 py cmd arg rc deadline
+	shift
+	rm -f "$T/req" "$T/rep"
+	mkfifo "$T/req" "$T/rep" || fail "mkfifo"
+	# read-write opens do not wait for the other end
+	exec 3<>"$T/req" 4<>"$T/rep"
+	mkdir -p "$T/ref"
+	env "$@" TKO_REQ="$T/req" TKO_REP="$T/rep" TKO_REF="$T/ref" \
+		"$PY" "$TKO" "$scen" "$MNT" "$SRC" 3<&- 4<&- &
+	py=$!
+	TKO_ERR= KILLS=0
+	deadline=$((SECONDS + TKO_LIMIT))
+	while alive "$py"; do
+		if read -r -t 0.5 -u 3 cmd arg; then
+			case $cmd in
+			kill-proxy) serve_kill ;;
+			status) serve_status ;;
+			probe) serve_probe "$arg" ;;
+			upgrade) serve_upgrade "$arg" ;;
+			*) reply_err "unknown request: $cmd" ;;
+			esac
+		fi
+		if [ -n "$TKO_ERR" ]; then
+			# it may be stuck in I/O on the mount and never read the reply
+			wait_for 5 eval '! alive $py'
+			if alive "$py"; then
+				echo "takeover.py stuck in: $(cat /proc/"$py"/stack 2>/dev/null | head -n 3 | tr '\n' ' ')"
+				kill -9 "$py"
+				TKO_ERR="$TKO_ERR; takeover.py was blocked on the mount and was killed"
+			fi
+			wait "$py" 2>/dev/null
+			exec 3>&- 4>&-
+			fail "$scen: $TKO_ERR"
+		fi
+		if [ $SECONDS -ge $deadline ]; then
+			echo "takeover.py stuck in: $(cat /proc/"$py"/stack 2>/dev/null | head -n 3 | tr '\n' ' ')"
+			kill -9 "$py"
+			wait "$py" 2>/dev/null
+			exec 3>&- 4>&-
+			fail "$scen: no end after $TKO_LIMIT s ($KILLS takeovers done); $(oneline "$(diag)")"
+		fi
+	done
+	wait "$py"
+	rc=$?
+	exec 3>&- 4>&-
+	[ $rc = 0 ] || fail "$scen: the application saw the failure above ($KILLS takeovers done)"
+}
+
+# tko_mount KIND: a fresh lazarusfs over a fresh engine of KIND; sets SRC
+# (the engine's storage) and MNT; the engine is started by a first access
+tko_mount() {
+	local s
+	SRC=$(engine_src_dir "$1" "src-$1") MNT=$T/mnt-$1
+	lz_mount "$(engine_source "$1" "$SRC")" "$MNT" "$(engine_opts "$1")"
+	stat "$MNT/." >/dev/null || fail "$1: first access to $MNT"
+	s=$(tko_status) || fail "$1: lazarusctl status: $(oneline "$s")"
+	alive "$(field "$s" proxy_pid)" || fail "$1: lazarusctl status shows no live proxy_pid: $(oneline "$s")"
+	alive "$(field "$s" holder_pid)" || fail "$1: lazarusctl status shows no live holder_pid: $(oneline "$s")"
+}
+
+# tko_umount: unmount; the holder, the proxy and the engine all go
+tko_umount() {
+	fusermount3 -u "$MNT" || fail "unmount of $MNT"
+	wait_for 10 no_procs "$LZ_STATE" ||
+		fail "processes left 10 s after the unmount: $(pgrep -af -- "$LZ_STATE" | cut -c 1-200 | tr '\n' ';')"
+}
+
+# ---- the cases
+
+case_read() {
+	tko_mount bindfs
+	tko_run read
+	tko_umount
+}
+
+case_write() {
+	local kind
+	for kind in sshfs bufengine; do
+		echo "-- over $kind"
+		tko_mount $kind
+		tko_run write
+		tko_umount
+	done
+}
+
+case_readdir() {
+	tko_mount bindfs
+	tko_run readdir
+	tko_umount
+}
+
+case_unlink() {
+	tko_mount bindfs
+	tko_run unlink
+	tko_umount
+}
+
+case_lock() {
+	tko_mount bindfs
+	tko_run lock
+	tko_umount
+}
+
+case_engine() {
+	tko_mount bindfs
+	tko_run engine
+	tko_umount
+}
+
+case_meta() {
+	tko_mount bindfs
+	tko_run meta
+	tko_umount
+}
+
+case_upgrade() {
+	tko_mount bindfs
+	tko_run upgrade
+	tko_umount
+}
+
+CASES=(read write readdir unlink lock engine meta upgrade)
+RESULTS=()
+failed=0
+for n in ${TKO_CASES:-$(seq ${#CASES[@]})}; do
+	name=${CASES[$((n - 1))]}
+	echo "=== case $n: $name"
+	start=$SECONDS
+	(
+		# a case of its own: its mounts, state and processes under
+		# $T0/case-N, undone when it ends, pass or fail
+		T=$T0/case-$n
+		LZ_MOUNTS=() LZ_CLEANUP=() LZ_STATE=
+		mkdir -p "$T"
+		trap lz_cleanup EXIT
+		"case_$name"
+	) 2>&1 | tee "$T0/case-$n.out"
+	rc=${PIPESTATUS[0]}
+	took=$((SECONDS - start))
+	if [ "$rc" = 0 ]; then
+		RESULTS+=("PASS case $n $name (${took}s)")
+	else
+		failed=$((failed + 1))
+		RESULTS+=("FAIL case $n $name (${took}s): $(grep '^FAIL: ' "$T0/case-$n.out" | tail -n 1 | cut -c 7-400)")
+	fi
+done
+echo "=== takeover results"
+printf '%s\n' "${RESULTS[@]}"
+[ $failed = 0 ] || fail "$failed of ${#RESULTS[@]} takeover cases failed"
+echo "all takeover cases passed"
