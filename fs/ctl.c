@@ -9,6 +9,9 @@
  */
 #include "config.h"
 
+#define FUSE_USE_VERSION 34
+#include <fuse_lowlevel.h>
+
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
@@ -23,6 +26,7 @@
 #include <unistd.h>
 
 #include "fs/fs_int.h"
+#include "fs/takeover.h"
 
 struct fs_ctl {
 	int fd;
@@ -242,7 +246,46 @@ static const char *cmd_arg(const char *cmd, const char *prefix)
 }
 
 /*
+ * upgrade [BINARY]: drain at a request boundary and let the holder start
+ * BINARY (or our own binary again) on the same mount.  The command line
+ * stays the one the mount was made with, so no option can change.
+ */
+static int upgrade(struct fs *fs, const char *binary, char **reply)
+{
+	struct fs_tko_shared *sh = fs->tko ? fs->tko->sh : NULL;
+	struct stat st;
+
+	if (!sh) {
+		*reply = strdup("error: takeover is off on this mount (takeover=off, or it failed at mount): cannot upgrade in place\n");
+		return -EINVAL;
+	}
+	if (atomic_load(&sh->broken)) {
+		*reply = strdup("error: the takeover state of this mount is incomplete: cannot upgrade in place\n");
+		return -EINVAL;
+	}
+	if (*binary && (binary[0] != '/' || stat(binary, &st) || !S_ISREG(st.st_mode) ||
+			access(binary, X_OK) || strlen(binary) >= sizeof(sh->next_binary))) {
+		if (asprintf(reply, "error: not an executable file given by absolute path: %.256s\n",
+			     binary) < 0)
+			*reply = NULL;
+		return -EINVAL;
+	}
+	if (atomic_exchange(&fs->upgrading, true)) {
+		*reply = strdup("error: an upgrade is already under way\n");
+		return -EBUSY;
+	}
+	snprintf(sh->next_binary, sizeof(sh->next_binary), "%s", binary);
+	fs_log(FS_LOG_WARN, "upgrade requested (%s): draining", *binary ? binary : "same binary");
+	fuse_session_exit(fs->se);
+	if (asprintf(reply, "upgrading: proxy pid %d drains, the holder starts %s\n", (int)getpid(),
+		     *binary ? binary : "the same binary") < 0)
+		*reply = NULL;
+	return *reply ? 0 : -ENOMEM;
+}
+
+/*
  * Control commands (one line in, "key: value" lines out):
+ *   upgrade [BINARY]          replace this proxy in place (see upgrade())
  *   status                    engine state (fs_engine_status)
  *   stats | stats json        cache statistics, text or JSON
  *   evict [RELPATH]           drop cached blocks of RELPATH and below (all)
@@ -259,9 +302,17 @@ int fs_ctl_handler(void *arg, const char *cmd, char **reply)
 	if (!strcmp(cmd, "status")) {
 		char *es = fs_engine_status(fs->engine);
 
+		struct fs_tko_shared *sh = fs->tko ? fs->tko->sh : NULL;
+
 		/* the process serving the mount, then the engine's figures */
-		if (!es || asprintf(reply, "proxy_pid: %d\nversion: %s\nstate_dir: %s\n%s",
-				    (int)getpid(), PACKAGE_VERSION, fs->o->state_dir, es) < 0)
+		if (!es || asprintf(reply, "proxy_pid: %d\nholder_pid: %d\ntakeover: %s\n"
+				    "proxy_restarts: %lu\nproxy_upgrades: %lu\n"
+				    "version: %s\nstate_dir: %s\n%s",
+				    (int)getpid(), sh ? (int)sh->holder_pid : 0,
+				    !sh ? "off" : atomic_load(&sh->broken) ? "broken" : "on",
+				    sh ? atomic_load(&sh->crashes) : 0UL,
+				    sh ? atomic_load(&sh->upgrades) : 0UL,
+				    PACKAGE_VERSION, fs->o->state_dir, es) < 0)
 			*reply = NULL;
 		free(es);
 		return *reply ? 0 : -ENOMEM;
@@ -275,6 +326,8 @@ int fs_ctl_handler(void *arg, const char *cmd, char **reply)
 			return ret;
 		return *reply ? add_meta_stats(fs, json, reply) : -ENOMEM;
 	}
+	if ((a = cmd_arg(cmd, "upgrade")))
+		return upgrade(fs, a, reply);
 	if ((a = cmd_arg(cmd, "evict"))) {
 		if (!fs->cache)
 			goto nocache;

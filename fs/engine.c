@@ -45,6 +45,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
@@ -53,6 +54,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -627,12 +631,77 @@ static void clean_stale_backends(const char *dir)
 	closedir(d);
 }
 
+void fs_engine_keep(struct fs_engine *e)
+{
+	e->keep = true;
+}
+
+void fs_engine_set_tko(struct fs_engine *e, struct fs_tko *t, pid_t owner)
+{
+	e->tko = t;
+	e->owner = owner;
+}
+
+int fs_engine_adopt(struct fs_engine *e, pid_t pid, unsigned long long start,
+		    uint64_t gen, const char *backend, char *err, size_t errlen)
+{
+	struct fs_backend *b;
+	struct stat st;
+	int pidfd, rootfd;
+
+	if (!start || fs_tko_proc_start(pid) != start) {
+		snprintf(err, errlen, "engine pid %d is gone", (int)pid);
+		return -ESRCH;
+	}
+	if (fs_mountinfo_find(backend, NULL, NULL) <= 0) {
+		snprintf(err, errlen, "engine pid %d runs but nothing is mounted at %s", (int)pid,
+			 backend);
+		return -ENOENT;
+	}
+	if ((pidfd = (int)syscall(SYS_pidfd_open, pid, 0)) < 0) {
+		snprintf(err, errlen, "cannot watch engine pid %d: %s", (int)pid, strerror(errno));
+		return -errno;
+	}
+	/* a hung engine is the watchdog's, once it runs; this stat is ours */
+	rootfd = open(backend, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (rootfd < 0 || fstat(rootfd, &st) || !(b = calloc(1, sizeof(*b)))) {
+		snprintf(err, errlen, "engine pid %d does not answer at %s: %s", (int)pid, backend,
+			 strerror(errno));
+		if (rootfd >= 0)
+			close(rootfd);
+		close(pidfd);
+		return -EIO;
+	}
+	free(e->backend);
+	if (!(e->backend = strdup(backend))) {
+		free(b);
+		close(rootfd);
+		close(pidfd);
+		return -ENOMEM;
+	}
+	b->rootfd = rootfd;
+	b->gen = gen;
+	pthread_mutex_lock(&e->lock);
+	e->gen = gen;
+	e->cur = b;
+	e->pid = pid;
+	e->pidfd = pidfd;
+	e->conn = major(st.st_dev) == 0 ? (int)minor(st.st_dev) : -1;
+	e->started_at = fs_engine_now();
+	e->state = FS_ENGINE_RUNNING;
+	pthread_mutex_unlock(&e->lock);
+	fs_tko_set_engine(e->tko, pid, gen, backend);
+	return 0;
+}
+
 int fs_engine_start_threads(struct fs_engine *e)
 {
 	int ret;
 
-	/* after daemonizing: the backend is named after the serving process */
-	if (asprintf(&e->backend, "%s/" FS_BACKEND_PREFIX "%d", e->dir, (int)getpid()) < 0) {
+	/* after daemonizing: the backend is named after the holder (or the
+	 * serving process), so that a worker taking over finds it */
+	if (!e->backend && asprintf(&e->backend, "%s/" FS_BACKEND_PREFIX "%d", e->dir,
+				    (int)(e->owner ? e->owner : getpid())) < 0) {
 		e->backend = NULL;
 		return -ENOMEM;
 	}
@@ -664,6 +733,10 @@ void fs_engine_shutdown(struct fs_engine *e)
 		pthread_join(e->supervisor, NULL);
 		pthread_join(e->watchdog, NULL);
 		e->threads = false;
+	}
+	if (e->keep) {
+		fs_log(FS_LOG_INFO, "leaving engine pid %d to the next proxy", (int)e->pid);
+		return;
 	}
 	if (e->pid > 0)
 		fs_log(FS_LOG_INFO, "stopping engine pid %d", (int)e->pid);

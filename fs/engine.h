@@ -64,8 +64,24 @@ int fs_engine_new(struct fs_engine **out, const struct fs_opts *o,
 		  const char *id, const char *dir, fs_recover_fn recover,
 		  void *arg);
 /* Start the supervisor and watchdog threads (after daemonizing: the
- * backend directory is named after the calling process). */
+ * backend directory is named after the holder, or the calling process). */
 int fs_engine_start_threads(struct fs_engine *e);
+/*
+ * Takeover (fs/takeover.h), before start_threads: record every engine
+ * start and stop in `t` for a successor, and name the backend after
+ * `owner` (the holder's pid; 0: ours).
+ */
+struct fs_tko;
+void fs_engine_set_tko(struct fs_engine *e, struct fs_tko *t, pid_t owner);
+/*
+ * Before start_threads: adopt the engine a dead worker left running (same
+ * pid and start time, its mount still at `backend`) as generation `gen`,
+ * RUNNING.  0, or -errno with a reason in err (start a new one then).
+ */
+int fs_engine_adopt(struct fs_engine *e, pid_t pid, unsigned long long start,
+		    uint64_t gen, const char *backend, char *err, size_t errlen);
+/* At shutdown, leave the engine running for a successor (an upgrade). */
+void fs_engine_keep(struct fs_engine *e);
 /* Stop the engine cleanly (SIGTERM, unmount, SIGKILL after a grace period)
  * and join the threads.  Waiters in fs_engine_enter() get -EIO. */
 void fs_engine_shutdown(struct fs_engine *e);
@@ -145,7 +161,10 @@ struct fs_call {
 	int attempt;
 };
 
-#define FS_CALL_INIT(engine) { .e = (engine), .b = NULL, .attempt = 0 }
+/* A request the kernel resent to a worker that took over from a dead one
+ * starts as a retry: the dead one may have carried it out (fs/takeover.h). */
+bool fs_tko_resent(void);
+#define FS_CALL_INIT(engine) { .e = (engine), .b = NULL, .attempt = fs_tko_resent() }
 
 static inline int fs_call_enter(struct fs_call *c)
 {

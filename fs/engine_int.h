@@ -13,6 +13,7 @@
 #include <sys/types.h>
 
 #include "fs/engine.h"
+#include "fs/takeover.h"
 
 #define FS_ENGINE_MAX_SLOTS 512
 #define FS_ENGINE_GRACE_MS 5000
@@ -41,6 +42,9 @@ struct fs_engine {
 	fs_recover_fn recover;
 	void *recover_arg;
 	int evfd;               /* wakes the supervisor */
+	struct fs_tko *tko;     /* takeover: where starts are recorded, or NULL */
+	pid_t owner;            /* names the backend: the holder, or us */
+	bool keep;              /* shutdown leaves the engine (upgrade) */
 
 	/*
 	 * The engine lock.  Taken after a handle's locks and before the

@@ -86,7 +86,14 @@ bool fs_engine_proc_reap(pid_t pid, int pidfd, int ms, int *status)
 
 	if (pidfd >= 0 && poll(&p, 1, ms) != 1)
 		return false;
-	if (waitid(P_PID, pid, &si, WEXITED | WNOHANG) || si.si_pid != pid)
+	if (waitid(P_PID, pid, &si, WEXITED | WNOHANG)) {
+		/* an adopted engine is the holder's child: it reaps it */
+		if (errno != ECHILD || pidfd < 0)
+			return false;
+		*status = -1;
+		return true;
+	}
+	if (si.si_pid != pid)
 		return false;
 	*status = si.si_code == CLD_EXITED ? si.si_status : 128 + si.si_status;
 	return true;
@@ -94,7 +101,9 @@ bool fs_engine_proc_reap(pid_t pid, int pidfd, int ms, int *status)
 
 static void describe_exit(int status, char *buf, size_t len)
 {
-	if (status > 128)
+	if (status < 0)
+		snprintf(buf, len, "exited (adopted: its status went to the holder)");
+	else if (status > 128)
 		snprintf(buf, len, "killed by signal %d", status - 128);
 	else
 		snprintf(buf, len, "exited with status %d", status);
@@ -154,6 +163,7 @@ void fs_engine_proc_teardown(struct fs_engine *e, bool graceful)
 	conn = e->conn;
 	fs_engine_retire_locked(e);
 	pthread_mutex_unlock(&e->lock);
+	fs_tko_set_engine(e->tko, 0, 0, NULL);  /* nothing to adopt any more */
 
 	if (pid > 0) {
 		if (graceful) {
@@ -370,6 +380,7 @@ int fs_engine_proc_start(struct fs_engine *e, char *err, size_t errlen)
 	e->started_at = fs_engine_now();
 	pthread_mutex_unlock(&e->lock);
 	fs_tune_readahead(e->backend);
+	fs_tko_set_engine(e->tko, pid, b->gen, e->backend);
 	fs_log(FS_LOG_INFO, "engine pid %d mounted at %s (generation %llu)", (int)pid,
 	       e->backend, (unsigned long long)b->gen);
 	return 0;

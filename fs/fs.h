@@ -100,6 +100,7 @@ struct fs_opts {
 	struct cache_config cache; /* tiered block cache (cache/cache.h); no
 				    * tier configured = no cache */
 	bool foreground;
+	bool no_takeover;               /* takeover=off */
 	bool debug;
 };
 
@@ -274,6 +275,13 @@ void fs_inode_set_silly(struct fs_inode_table *t, uint64_t ino, bool silly);
 bool fs_inode_is_silly(struct fs_inode_table *t, uint64_t ino);
 size_t fs_inode_count(struct fs_inode_table *t);
 /*
+ * Takeover (fs/inode_log.c, fs/takeover.h): from now on log every change
+ * of the table to `l` before returning; with `restore`, first rebuild the
+ * table from what `l` holds (a dead worker's table).  0 or -errno.
+ */
+struct fs_statelog;
+int fs_inode_table_log(struct fs_inode_table *t, struct fs_statelog *l, bool restore);
+/*
  * Last attributes seen for `ino` (kept only when set, i.e. with the block
  * cache on): served while the engine is down.  attr_get returns 0, or
  * -ENOENT when none were recorded or the inode has no name any more.
@@ -340,6 +348,14 @@ int fs_journal_replay(struct fs_journal *j, int fd);
 int fs_journal_load(struct fs_journal *j, int fd);
 /* The log file, or -1 before the first entry. */
 int fs_journal_fd(const struct fs_journal *j);
+/*
+ * Keep the log file under `name` in the spill directory (takeover: a
+ * successor finds it there) instead of an unlinked one; it is removed by
+ * fs_journal_free().  With `load`, first rebuild the journal from a file
+ * of that name a dead worker left (none: an empty journal).  Before the
+ * first entry only.  0 or -errno.
+ */
+int fs_journal_set_name(struct fs_journal *j, const char *name, bool load);
 
 /* ----------------------------------------------------------------- I/O */
 

@@ -40,6 +40,7 @@ struct fs_prom;
 struct fs_checkpointer;
 struct fs_closer;
 struct fs_move;
+struct fs_tko;
 
 struct fs {
 	/* immutable while requests run */
@@ -57,6 +58,7 @@ struct fs {
 	struct fs_prom *prom;   /* Prometheus textfile writer, or NULL */
 	struct fs_checkpointer *checkpointer;   /* journal age bound, or NULL */
 	struct fs_closer *closer;       /* closes backend fds, or NULL */
+	struct fs_tko *tko;             /* takeover state, or NULL (off) */
 
 	pthread_mutex_t root_lock;      /* a leaf */
 	struct stat root_stat;          /* protected by root_lock */
@@ -64,6 +66,7 @@ struct fs {
 
 	atomic_uint_fast64_t silly_seq;
 	atomic_bool readahead_tuned;
+	atomic_bool upgrading;          /* lazarusctl upgrade: drain and exit */
 
 	pthread_mutex_t moves_lock;     /* a leaf */
 	struct fs_move *moves;          /* protected by moves_lock */

@@ -136,6 +136,15 @@ size_t fs_handle_all(struct fs_handle_table *t, uint64_t ino,
 void fs_handle_put_all(struct fs_handle_table *t, struct fs_handle **v,
 		       size_t n);
 size_t fs_handle_count(struct fs_handle_table *t);
+/*
+ * Takeover (fs/takeover.h): log every insert and removal to `l` from now
+ * on; with `restore`, first rebuild the handles a dead worker had (same fh
+ * numbers, flags and tags; no backend fd: they reopen on first use, after
+ * a replay of their file's journal, which is loaded from its named file).
+ * 0 or -errno.
+ */
+struct fs_statelog;
+int fs_handle_table_log(struct fs_handle_table *t, struct fs_statelog *l, bool restore);
 /* Data bytes and entries of every file's journal, for metrics. */
 void fs_journal_totals(struct fs *fs, size_t *bytes, size_t *entries);
 /* Remember the mode and owner of h's file (from the open's fstat). */

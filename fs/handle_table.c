@@ -13,18 +13,28 @@
  * descriptors of one file (every name of a hard-linked one, since they are
  * one node) share one journal.  The file goes when its last handle does.
  *
+ * Takeover (fs/takeover.h): with a state log, every insert and removal is
+ * appended to it under t->lock before the caller answers the kernel, so
+ * that a successor worker rebuilds the same fh numbers
+ * (fs_handle_table_restore), and journals are files named after their
+ * inode that it loads again.  The log is memory (a memfd), so t->lock
+ * stays a leaf without I/O.
+ *
  * Locking: t->lock protects slots, the free list, every handle's refs and
  * the file hash with every file's refs.  It is a leaf lock.
  */
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "fs/handle.h"
+#include "fs/takeover.h"
 
 #define FILE_BUCKETS 256
 
@@ -39,7 +49,17 @@ struct fs_handle_table {
 	size_t nfiles;                  /* protected by lock */
 	char *spill_dir;                /* immutable */
 	bool journal;                   /* immutable */
+	struct fs_statelog *log;        /* protected by lock: takeover, or NULL */
+	size_t log_snap_at;             /* protected by lock */
 };
+
+/* Takeover log records. */
+enum { HL_ADD = 1, HL_DEL, HL_S_TAG };
+struct hl_add {
+	uint64_t idx, ino, tag;
+	int32_t flags, dir;
+};
+#define HL_SNAP_MIN (1u << 20)
 
 static atomic_uint_fast64_t next_tag = 1;
 
@@ -86,6 +106,13 @@ static struct fs_file *file_get_locked(struct fs_handle_table *t, uint64_t ino)
 	if (t->journal && !(f->journal = fs_journal_new(t->spill_dir))) {
 		free(f);
 		return NULL;
+	}
+	if (f->journal && t->log) {
+		char name[40];
+
+		/* a successor loads it again (fs_handle_table_restore) */
+		snprintf(name, sizeof(name), "ino.%llu", (unsigned long long)ino);
+		fs_journal_set_name(f->journal, name, false);
 	}
 	f->ino = ino;
 	f->refs = 1;
@@ -196,6 +223,152 @@ struct fs_handle *fs_handle_alloc(uint64_t ino, int flags, bool dir)
 	return h;
 }
 
+/* Write every handle as the log.  Caller holds t->lock. */
+static void hlog_snapshot_locked(struct fs_handle_table *t)
+{
+	uint64_t tag = atomic_load(&next_tag);
+	int ret = 0;
+
+	fs_statelog_snap_begin(t->log);
+	for (size_t i = 0; !ret && i < t->cap; i++) {
+		struct fs_handle *h = t->slots[i];
+		struct hl_add r;
+
+		if (!h)
+			continue;
+		r = (struct hl_add){ i, h->ino, h->tag, h->flags, h->dir };
+		ret = fs_statelog_snap_add(t->log, HL_ADD, &r, sizeof(r));
+	}
+	if (!ret)
+		ret = fs_statelog_snap_add(t->log, HL_S_TAG, &tag, sizeof(tag));
+	if (!ret)
+		fs_statelog_snap_commit(t->log);
+	t->log_snap_at = 2 * fs_statelog_size(t->log) + HL_SNAP_MIN;
+}
+
+/* Caller holds t->lock. */
+static void hlog_add(struct fs_handle_table *t, uint64_t idx, const struct fs_handle *h)
+{
+	struct hl_add r = { idx, h->ino, h->tag, h->flags, h->dir };
+
+	if (!t->log || fs_statelog_append(t->log, HL_ADD, &r, sizeof(r)))
+		return;
+	if (fs_statelog_size(t->log) > t->log_snap_at)
+		hlog_snapshot_locked(t);
+}
+
+/* Put h at slot idx (a restore); caller holds t->lock. */
+static int place_locked(struct fs_handle_table *t, uint64_t idx, struct fs_handle *h)
+{
+	if (idx >= (1u << 24))
+		return -EUCLEAN;
+	if (idx >= t->cap) {
+		size_t cap = t->cap ? t->cap : 64;
+		struct fs_handle **ns;
+		size_t *nf;
+
+		while (cap <= idx)
+			cap *= 2;
+		ns = realloc(t->slots, cap * sizeof(*ns));
+		if (ns)
+			t->slots = ns;
+		nf = realloc(t->free_idx, cap * sizeof(*nf));
+		if (nf)
+			t->free_idx = nf;
+		if (!ns || !nf)
+			return -ENOMEM;
+		for (size_t i = t->cap; i < cap; i++)
+			ns[i] = NULL;
+		t->cap = cap;
+	}
+	if (t->slots[idx])
+		return -EUCLEAN;
+	if (!h->dir && !(h->file = file_get_locked(t, h->ino)))
+		return -ENOMEM;
+	t->slots[idx] = h;
+	h->refs = 1;
+	t->count++;
+	return 0;
+}
+
+static int restore_one(void *arg, uint32_t type, const void *p, size_t len)
+{
+	struct fs_handle_table *t = arg;
+	int ret = 0;
+
+	if (type == HL_ADD && len >= sizeof(struct hl_add)) {
+		const struct hl_add *r = p;
+		struct fs_handle *h = fs_handle_alloc(r->ino, r->flags, r->dir);
+
+		if (!h)
+			return -ENOMEM;
+		h->tag = r->tag;
+		if (r->tag >= atomic_load(&next_tag))
+			atomic_store(&next_tag, r->tag + 1);
+		/* what it wrote before may not be flushed */
+		atomic_store(&h->unflushed, !r->dir && (r->flags & O_ACCMODE) != O_RDONLY);
+		pthread_mutex_lock(&t->lock);
+		if ((ret = place_locked(t, r->idx, h)))
+			h->refs = 1;
+		pthread_mutex_unlock(&t->lock);
+		if (ret)
+			fs_handle_put(t, h);
+	} else if (type == HL_DEL && len >= sizeof(uint64_t)) {
+		uint64_t idx = *(const uint64_t *)p;
+		struct fs_handle *h = NULL;
+
+		pthread_mutex_lock(&t->lock);
+		if (idx < t->cap && (h = t->slots[idx])) {
+			t->slots[idx] = NULL;
+			t->count--;
+		}
+		pthread_mutex_unlock(&t->lock);
+		if (h)
+			fs_handle_put(t, h);
+	} else if (type == HL_S_TAG && len >= sizeof(uint64_t)) {
+		uint64_t tag = *(const uint64_t *)p;
+
+		if (tag > atomic_load(&next_tag))
+			atomic_store(&next_tag, tag);
+	} else {
+		ret = -EUCLEAN;
+	}
+	return ret;
+}
+
+int fs_handle_table_log(struct fs_handle_table *t, struct fs_statelog *l, bool restore)
+{
+	int ret = 0;
+
+	if (restore && (ret = fs_statelog_each(l, restore_one, t)))
+		return ret;
+	pthread_mutex_lock(&t->lock);
+	/* the free list again: every slot below cap that is empty */
+	t->nfree = 0;
+	for (size_t i = t->cap; i-- > 0;)
+		if (!t->slots[i])
+			t->free_idx[t->nfree++] = i;
+	if (restore) {
+		/* journals of the dead worker, under the names it gave them */
+		for (size_t b = 0; b < FILE_BUCKETS; b++)
+			for (struct fs_file *f = t->files[b]; f; f = f->next) {
+				char name[40];
+				int r;
+
+				if (!f->journal)
+					continue;
+				snprintf(name, sizeof(name), "ino.%llu", (unsigned long long)f->ino);
+				if ((r = fs_journal_set_name(f->journal, name, true)))
+					fs_log(FS_LOG_ERR, "cannot load the journal of inode %llu: %s",
+					       (unsigned long long)f->ino, strerror(-r));
+			}
+	}
+	t->log = l;
+	hlog_snapshot_locked(t);
+	pthread_mutex_unlock(&t->lock);
+	return ret;
+}
+
 int64_t fs_handle_add(struct fs_handle_table *t, struct fs_handle *h)
 {
 	int64_t idx;
@@ -230,6 +403,7 @@ int64_t fs_handle_add(struct fs_handle_table *t, struct fs_handle *h)
 	t->slots[idx] = h;
 	h->refs = 1;
 	t->count++;
+	hlog_add(t, (uint64_t)idx, h);
 	pthread_mutex_unlock(&t->lock);
 	return idx;
 }
@@ -268,6 +442,11 @@ void fs_handle_remove(struct fs_handle_table *t, uint64_t idx)
 		t->slots[idx] = NULL;
 		t->free_idx[t->nfree++] = idx;
 		t->count--;
+		if (t->log) {
+			uint64_t i = idx;
+
+			fs_statelog_append(t->log, HL_DEL, &i, sizeof(i));
+		}
 	}
 	pthread_mutex_unlock(&t->lock);
 	if (h)

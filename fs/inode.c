@@ -55,7 +55,7 @@ void inode_count_below_zero(const char *count, uint64_t ino)
 	abort();
 }
 
-static size_t id_slot(const struct fs_inode_table *t, uint64_t ino)
+size_t inode_id_slot(const struct fs_inode_table *t, uint64_t ino)
 {
 	return XXH3_64bits(&ino, sizeof(ino)) & (t->nbuckets - 1);
 }
@@ -75,7 +75,7 @@ static size_t bid_slot(const struct fs_inode_table *t, dev_t dev, ino_t bino)
 
 struct fs_inode *inode_get(const struct fs_inode_table *t, uint64_t ino)
 {
-	for (struct fs_inode *i = t->by_id[id_slot(t, ino)]; i; i = i->next_id)
+	for (struct fs_inode *i = t->by_id[inode_id_slot(t, ino)]; i; i = i->next_id)
 		if (i->ino == ino)
 			return i;
 	return NULL;
@@ -129,7 +129,7 @@ static void bid_unhash(struct fs_inode_table *t, struct fs_inode *in)
 	in->bgen = 0;
 }
 
-static void bid_hash(struct fs_inode_table *t, struct fs_inode *in)
+void inode_bid_hash(struct fs_inode_table *t, struct fs_inode *in)
 {
 	size_t s = bid_slot(t, in->bdev, in->bino);
 
@@ -236,7 +236,7 @@ void inode_maybe_free(struct fs_inode_table *t, struct fs_inode *in)
 
 	if (in->ino == FS_ROOT_INO || in->nlookup || in->nopen || in->nchild)
 		return;
-	pp = &t->by_id[id_slot(t, in->ino)];
+	pp = &t->by_id[inode_id_slot(t, in->ino)];
 	while (*pp != in)
 		pp = &(*pp)->next_id;
 	*pp = in->next_id;
@@ -246,7 +246,7 @@ void inode_maybe_free(struct fs_inode_table *t, struct fs_inode *in)
 	free(in);
 }
 
-static int grow(struct fs_inode_table *t)
+int inode_grow(struct fs_inode_table *t)
 {
 	size_t nb = t->nbuckets * 2;
 	struct fs_inode **ids = calloc(nb, sizeof(*ids));
@@ -271,7 +271,7 @@ static int grow(struct fs_inode_table *t)
 		struct fs_inode *i = old[s], *next;
 
 		for (; i; i = next) {
-			size_t ns = id_slot(t, i->ino);
+			size_t ns = inode_id_slot(t, i->ino);
 
 			next = i->next_id;
 			i->next_id = t->by_id[ns];
@@ -280,7 +280,7 @@ static int grow(struct fs_inode_table *t)
 				for (struct fs_name *n = i->names; n; n = n->next)
 					hash_name(t, n);
 			if (i->bgen)
-				bid_hash(t, i);
+				inode_bid_hash(t, i);
 		}
 	}
 	free(old);
@@ -304,7 +304,7 @@ int fs_inode_table_new(struct fs_inode_table **out)
 	root->ino = FS_ROOT_INO;
 	root->type = S_IFDIR;
 	root->nlookup = 1;
-	t->by_id[id_slot(t, FS_ROOT_INO)] = root;   /* the root has no name */
+	t->by_id[inode_id_slot(t, FS_ROOT_INO)] = root;   /* the root has no name */
 	t->count = 1;
 	t->next_ino = FS_ROOT_INO + 1;
 	*out = t;
@@ -371,7 +371,7 @@ void inode_set_identity(struct fs_inode_table *t, struct fs_inode *in,
 	in->bdev = st->st_dev;
 	in->bino = st->st_ino;
 	in->bgen = gen;
-	bid_hash(t, in);
+	inode_bid_hash(t, in);
 }
 
 /* The lookup of fs_inode_lookup() and fs_inode_lookup_st(). */
@@ -412,7 +412,7 @@ static uint64_t lookup_locked(struct fs_inode_table *t, uint64_t parent,
 				in = NULL;
 		}
 		if (!in) {
-			if (t->count >= t->nbuckets && grow(t)) {
+			if (t->count >= t->nbuckets && inode_grow(t)) {
 				*err = -ENOMEM;
 				return 0;
 			}
@@ -423,8 +423,8 @@ static uint64_t lookup_locked(struct fs_inode_table *t, uint64_t parent,
 			}
 			in->ino = t->next_ino++;
 			in->type = type;
-			in->next_id = t->by_id[id_slot(t, in->ino)];
-			t->by_id[id_slot(t, in->ino)] = in;
+			in->next_id = t->by_id[inode_id_slot(t, in->ino)];
+			t->by_id[inode_id_slot(t, in->ino)] = in;
 			t->count++;
 		}
 		if (inode_add_name(t, in, parent, name)) {
@@ -447,6 +447,8 @@ uint64_t fs_inode_lookup(struct fs_inode_table *t, uint64_t parent,
 	uint64_t ino;
 
 	pthread_rwlock_wrlock(&t->lock);
+	inode_log(t, IL_LOOKUP, &(struct inode_log_args){ .a = parent, .n = nlookup,
+							  .mode = type }, name, NULL);
 	ino = lookup_locked(t, parent, name, type, NULL, 0, nlookup, err);
 	pthread_rwlock_unlock(&t->lock);
 	return ino;
@@ -459,6 +461,10 @@ uint64_t fs_inode_lookup_st(struct fs_inode_table *t, uint64_t parent,
 	uint64_t ino;
 
 	pthread_rwlock_wrlock(&t->lock);
+	inode_log(t, IL_LOOKUP_ST, &(struct inode_log_args){
+			  .a = parent, .n = nlookup, .gen = gen, .mode = st->st_mode,
+			  .nlink = (uint32_t)st->st_nlink, .dev = st->st_dev, .ino = st->st_ino },
+		  name, NULL);
 	ino = lookup_locked(t, parent, name, st->st_mode, st, gen, nlookup, err);
 	pthread_rwlock_unlock(&t->lock);
 	return ino;
@@ -495,6 +501,7 @@ void fs_inode_forget(struct fs_inode_table *t, uint64_t ino, uint64_t n)
 	struct fs_inode *in;
 
 	pthread_rwlock_wrlock(&t->lock);
+	inode_log(t, IL_FORGET, &(struct inode_log_args){ .a = ino, .n = n }, NULL, NULL);
 	in = inode_get(t, ino);
 	if (in) {
 		if (in->nlookup < n)
@@ -517,6 +524,7 @@ int fs_inode_open(struct fs_inode_table *t, uint64_t ino)
 	int ret = 0;
 
 	pthread_rwlock_wrlock(&t->lock);
+	inode_log(t, IL_OPEN, &(struct inode_log_args){ .a = ino }, NULL, NULL);
 	in = inode_get(t, ino);
 	if (in)
 		in->nopen++;
@@ -541,6 +549,7 @@ static int close_open(struct fs_inode_table *t, uint64_t ino, char *buf,
 	int ret;
 
 	pthread_rwlock_wrlock(&t->lock);
+	inode_log(t, IL_CLOSE, &(struct inode_log_args){ .a = ino, .n = buf != NULL }, NULL, NULL);
 	in = inode_get(t, ino);
 	if (!in) {
 		ret = -ESTALE;
@@ -709,6 +718,7 @@ void fs_inode_set_silly(struct fs_inode_table *t, uint64_t ino, bool silly)
 	struct fs_inode *in;
 
 	pthread_rwlock_wrlock(&t->lock);
+	inode_log(t, IL_SET_SILLY, &(struct inode_log_args){ .a = ino, .n = silly }, NULL, NULL);
 	in = inode_get(t, ino);
 	if (in)
 		in->silly = silly;

@@ -49,6 +49,11 @@ struct fs_inode_table {
 	size_t nbuckets;                /* protected by lock, power of two */
 	size_t count;                   /* protected by lock */
 	uint64_t next_ino;              /* protected by lock */
+	/* takeover (fs/inode_log.c): every change is appended here before
+	 * the caller answers the kernel; NULL when off or while replaying */
+	struct fs_statelog *log;        /* protected by lock */
+	size_t log_snap_at;             /* protected by lock: snapshot when
+					 * the log grows past this */
 };
 
 struct fs_inode *inode_get(const struct fs_inode_table *t, uint64_t ino);
@@ -72,6 +77,32 @@ void inode_set_identity(struct fs_inode_table *t, struct fs_inode *in,
 			const struct stat *st, uint64_t gen);
 /* Forget the name `n`, and its inode if nothing counts it. */
 void inode_drop(struct fs_inode_table *t, struct fs_name *n);
+/* The id hash's slot of `ino`; grow the hashes when full (0 or -ENOMEM). */
+size_t inode_id_slot(const struct fs_inode_table *t, uint64_t ino);
+int inode_grow(struct fs_inode_table *t);
+void inode_bid_hash(struct fs_inode_table *t, struct fs_inode *in);
+
+/*
+ * Takeover log records (fs/inode_log.c): every public function that
+ * changes the table calls inode_log() right after taking t->lock for
+ * writing, with its own arguments; a successor replays them by calling
+ * the same functions in the same order, which gives the same table (node
+ * ids included: they come from next_ino).
+ */
+enum inode_log_type {
+	IL_LOOKUP = 1, IL_LOOKUP_ST, IL_LINK, IL_FORGET, IL_OPEN, IL_CLOSE,
+	IL_RENAME, IL_EXCHANGE, IL_UNLINK, IL_MAKE_SILLY, IL_DROP_NAME,
+	IL_SET_SILLY,
+	IL_S_INODE = 32, IL_S_NAME, IL_S_BID, IL_S_NEXT,        /* snapshot */
+};
+struct inode_log_args {
+	uint64_t a, b, n, gen;          /* ids, counts, generation */
+	uint32_t mode, nlink;
+	uint64_t dev, ino;              /* of the stat seen (lookup_st, link) */
+};
+void inode_log(struct fs_inode_table *t, enum inode_log_type type,
+	       const struct inode_log_args *args, const char *s1, const char *s2);
+
 /* Log and abort: a count below zero is a bug. */
 void inode_count_below_zero(const char *count, uint64_t ino)
 	__attribute__((noreturn));

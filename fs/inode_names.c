@@ -21,6 +21,10 @@ int fs_inode_link(struct fs_inode_table *t, uint64_t ino, uint64_t newparent,
 	int ret = 0;
 
 	pthread_rwlock_wrlock(&t->lock);
+	inode_log(t, IL_LINK, &(struct inode_log_args){
+			  .a = ino, .b = newparent, .gen = gen, .mode = st ? st->st_mode : 0,
+			  .nlink = st ? (uint32_t)st->st_nlink : 0, .dev = st ? st->st_dev : 0,
+			  .ino = st ? st->st_ino : 0 }, newname, NULL);
 	in = inode_get(t, ino);
 	p = inode_get(t, newparent);
 	if (!in || !in->names || !p || (!p->names && newparent != FS_ROOT_INO)) {
@@ -55,6 +59,8 @@ int fs_inode_make_silly(struct fs_inode_table *t, uint64_t parent,
 	int ret = 0;
 
 	pthread_rwlock_wrlock(&t->lock);
+	inode_log(t, IL_MAKE_SILLY, &(struct inode_log_args){ .a = parent, .b = newparent },
+		  name, newname);
 	n = inode_find_name(t, parent, name);
 	if (n && !inode_find_name(t, newparent, newname) &&
 	    !inode_move_name(t, n, newparent, newname)) {
@@ -80,6 +86,8 @@ void fs_inode_rename(struct fs_inode_table *t, uint64_t parent,
 	struct fs_name *src, *dst;
 
 	pthread_rwlock_wrlock(&t->lock);
+	inode_log(t, IL_RENAME, &(struct inode_log_args){ .a = parent, .b = newparent },
+		  name, newname);
 	src = inode_find_name(t, parent, name);
 	dst = inode_find_name(t, newparent, newname);
 	/* between two names of one file rename does nothing (POSIX) */
@@ -100,6 +108,8 @@ void fs_inode_exchange(struct fs_inode_table *t, uint64_t parent,
 	struct fs_name *a, *b;
 
 	pthread_rwlock_wrlock(&t->lock);
+	inode_log(t, IL_EXCHANGE, &(struct inode_log_args){ .a = parent, .b = newparent },
+		  name, newname);
 	a = inode_find_name(t, parent, name);
 	b = inode_find_name(t, newparent, newname);
 	if (a && b) {
@@ -139,6 +149,7 @@ void fs_inode_unlink(struct fs_inode_table *t, uint64_t parent,
 	struct fs_name *n;
 
 	pthread_rwlock_wrlock(&t->lock);
+	inode_log(t, IL_UNLINK, &(struct inode_log_args){ .a = parent }, name, NULL);
 	n = inode_find_name(t, parent, name);
 	if (n)
 		inode_drop(t, n);
@@ -150,6 +161,7 @@ void fs_inode_drop_name(struct fs_inode_table *t, uint64_t ino)
 	struct fs_inode *in;
 
 	pthread_rwlock_wrlock(&t->lock);
+	inode_log(t, IL_DROP_NAME, &(struct inode_log_args){ .a = ino }, NULL, NULL);
 	in = inode_get(t, ino);
 	if (in) {
 		inode_detach(t, in);

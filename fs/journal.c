@@ -93,6 +93,8 @@ struct jentry {
 
 struct fs_journal {
 	char *spill_dir;
+	char *name;             /* the log file's name in spill_dir, or NULL:
+				 * an unlinked one */
 	int fd;                 /* the log file, or -1 until the first entry */
 	off_t end;              /* of the log file (0: not even a superblock) */
 	off_t start;            /* punched up to here */
@@ -124,9 +126,34 @@ void fs_journal_free(struct fs_journal *j)
 		return;
 	if (j->fd >= 0)
 		close(j->fd);
+	if (j->name) {
+		char path[4200];
+
+		snprintf(path, sizeof(path), "%s/%s", j->spill_dir, j->name);
+		unlink(path);
+	}
 	free(j->e);
 	free(j->spill_dir);
+	free(j->name);
 	free(j);
+}
+
+int fs_journal_set_name(struct fs_journal *j, const char *name, bool load)
+{
+	char path[4200];
+	int fd, ret;
+
+	if (!j->spill_dir || j->fd >= 0 || !(j->name = strdup(name)))
+		return -EINVAL;
+	if (!load)
+		return 0;
+	snprintf(path, sizeof(path), "%s/%s", j->spill_dir, name);
+	fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT ? 0 : -errno;
+	if ((ret = fs_journal_load(j, fd)) && j->fd < 0)
+		close(fd);
+	return ret;
 }
 
 int fs_journal_fd(const struct fs_journal *j)
@@ -141,6 +168,14 @@ static int open_log(struct fs_journal *j)
 
 	if (!j->spill_dir)
 		return -ENOSPC;
+	if (j->name) {
+		snprintf(tmpl, sizeof(tmpl), "%s/%s", j->spill_dir, j->name);
+		fd = open(tmpl, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		if (fd < 0)
+			return -errno;
+		j->fd = fd;
+		return 0;
+	}
 	fd = open(j->spill_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		/* tmpfs and most local filesystems have O_TMPFILE; fall back */

@@ -28,11 +28,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
 
 #include "fs/fs_int.h"
+#include "fs/takeover.h"
 
 
 /* What the persisted metadata cache belongs to: engine and source. */
@@ -203,7 +205,8 @@ static int serve(struct fs *fs)
 	while (!fuse_session_exited(fs->se))
 		usleep(100000);
 	for (int round = 0; atomic_load(&p.running) > 0; round++) {
-		if (round == 20)        /* 2 s: someone waits for the engine */
+		/* 2 s: someone waits for the engine (an upgrade waits for it) */
+		if (round == 20 && !atomic_load(&fs->upgrading))
 			fs_engine_shutdown(fs->engine);
 		for (int i = 0; i < n; i++)
 			pthread_kill(tid[i], SIGUSR1);
@@ -307,8 +310,13 @@ int fs_new(struct fs **out, struct fs_opts *o, char *err, size_t errlen)
 		snprintf(mpath, sizeof(mpath), "%s/meta.cache", fs->dir);
 		fs_meta_load(fs->meta, mpath, meta_tag(o));
 	}
-	/* root attributes until the engine first answers: the mountpoint's own */
-	if (stat(o->mountpoint, &fs->root_stat)) {
+	/* root attributes until the engine first answers: the mountpoint's own
+	 * (a successor's mountpoint is its own mount, which nobody serves yet:
+	 * root.attr has what the dead worker saw) */
+	if (fs_tko_is_successor()) {
+		fs->root_stat.st_mode = S_IFDIR | 0755;
+		fs->root_stat.st_nlink = 2;
+	} else if (stat(o->mountpoint, &fs->root_stat)) {
 		ret = -errno;
 		snprintf(err, errlen, "cannot use mountpoint: %s: %s", o->mountpoint, strerror(-ret));
 		goto out_free;
@@ -406,9 +414,84 @@ static void ready(int *fd, bool ok)
 	*fd = -1;
 }
 
+/*
+ * Takeover (fs/takeover.c): the first worker forks the holder off right
+ * after daemonizing (before any thread exists); a successor inherits the
+ * session fd instead of mounting.  Both then read the session through
+ * fs/session_io.c and log their inode and handle tables; a successor first
+ * rebuilds them, adopts the engine, and serves the saved INIT on this
+ * thread before any worker thread reads.
+ */
+static int takeover_begin(struct fs *fs, int *ready_fd)
+{
+	struct fs_tko *t = NULL;
+	bool succ = fs_tko_is_successor();
+	int ret;
+
+	if (!succ && fs->o->no_takeover)
+		return 0;
+	if ((ret = fs_tko_start(fs, succ ? -1 : fuse_session_fd(fs->se), *ready_fd, &t))) {
+		if (succ)
+			return ret;
+		fs_log(FS_LOG_WARN, "takeover off (a crash of the proxy loses the mount): %s",
+		       strerror(-ret));
+		return 0;
+	}
+	fs->tko = t;
+	if ((ret = fs_session_io_install(fs, t->fusefd)))
+		return ret;
+	fs_engine_set_tko(fs->engine, t, t->sh->holder_pid);
+	if ((ret = fs_inode_table_log(fs->inodes, t->ilog, succ)) ||
+	    (ret = fs_handle_table_log(fs->handles, t->hlog, succ))) {
+		fs_log(FS_LOG_ERR, "cannot %s the takeover state: %s", succ ? "restore" : "set up",
+		       strerror(-ret));
+		return ret;
+	}
+	if (succ) {
+		char err[300] = "";
+		int pid = atomic_load(&t->sh->engine_pid);
+		size_t n = fs_handle_count(fs->handles);
+
+		fs_engine_count_handle(fs->engine, (int)n);
+		if (pid > 0 && (ret = fs_engine_adopt(fs->engine, pid, t->sh->engine_start,
+						      t->sh->engine_gen, t->sh->backend, err,
+						      sizeof(err))))
+			fs_log(FS_LOG_WARN, "not adopting the engine: %s; starting a new one", err);
+		fs_log(FS_LOG_WARN, "took over %s after a %s: %zu open handles, %zu inodes, engine %s",
+		       fs->o->mountpoint,
+		       atomic_load(&t->sh->reason) == FS_TKO_UPGRADE ? "proxy upgrade" : "proxy crash",
+		       n, fs_inode_count(fs->inodes),
+		       pid > 0 && !ret ? "adopted" : "not running");
+	}
+	return 0;
+}
+
+/* A successor: libfuse sees the saved INIT (fs/session_io.c), then the
+ * kernel resends what the dead worker had not answered. */
+static int takeover_init(struct fs *fs)
+{
+	struct fuse_buf buf = { .mem = NULL };
+	int ret, res;
+
+	res = fuse_session_receive_buf(fs->se, &buf);
+	if (res > 0)
+		fuse_session_process_buf(fs->se, &buf);
+	free(buf.mem);
+	if (res <= 0 || fs_session_io_mismatch()) {
+		fs_log(FS_LOG_ERR, "cannot take over: this proxy negotiates otherwise than the one that mounted (%s)",
+		       res <= 0 ? "init not replayed" : "different INIT reply");
+		return -EPROTO;
+	}
+	if ((ret = fs_session_io_resend(fs)))
+		fs_log(FS_LOG_WARN, "cannot ask the kernel to resend unanswered requests (kernel before 6.9?): %s",
+		       strerror(-ret));
+	return 0;
+}
+
 int fs_run(struct fs *fs, int fuse_argc, char **fuse_argv)
 {
 	struct fuse_args args = FUSE_ARGS_INIT(fuse_argc, fuse_argv);
+	bool succ = fs_tko_is_successor();
 	char sock[4200], masked[512];
 	int ret, ready_fd = -1;
 
@@ -422,7 +505,7 @@ int fs_run(struct fs *fs, int fuse_argc, char **fuse_argv)
 	/* refuse a second proxy on the same mount point before mounting (the
 	 * mount table, not the control socket: a proxy that is shutting down
 	 * still answers there after its mount is gone) */
-	if (fs_mountinfo_find(fs->o->mountpoint, "fuse.lazarusfs", NULL) > 0) {
+	if (!succ && fs_mountinfo_find(fs->o->mountpoint, "fuse.lazarusfs", NULL) > 0) {
 		fs_log(FS_LOG_ERR, "already mounted: a lazarusfs proxy serves %s",
 		       fs->o->mountpoint);
 		ret = -EBUSY;
@@ -432,24 +515,28 @@ int fs_run(struct fs *fs, int fuse_argc, char **fuse_argv)
 		ret = -EIO;
 		goto out_destroy;
 	}
-	if (fuse_session_mount(fs->se, fs->o->mountpoint)) {
-		fs_log(FS_LOG_ERR, "mount failed at %s", fs->o->mountpoint);
-		ret = -EIO;
-		goto out_signals;
+	if (!succ) {
+		if (fuse_session_mount(fs->se, fs->o->mountpoint)) {
+			fs_log(FS_LOG_ERR, "mount failed at %s", fs->o->mountpoint);
+			ret = -EIO;
+			goto out_signals;
+		}
+		fs_mask_secret(fs->o->source, masked, sizeof(masked));
+		fs_log(FS_LOG_INFO, "mounted %s at %s (engine %s, id %s), engine starts on first access",
+		       masked, fs->o->mountpoint, fs_profile_name(fs->o->profile), fs->id);
+		if ((ret = daemonize(fs->o->foreground, &ready_fd))) {
+			fs_log(FS_LOG_ERR, "cannot go into the background: %s", strerror(-ret));
+			goto out_unmount;
+		}
 	}
-	fs_mask_secret(fs->o->source, masked, sizeof(masked));
-	fs_log(FS_LOG_INFO, "mounted %s at %s (engine %s, id %s), engine starts on first access",
-	       masked, fs->o->mountpoint, fs_profile_name(fs->o->profile), fs->id);
-	if ((ret = daemonize(fs->o->foreground, &ready_fd))) {
-		fs_log(FS_LOG_ERR, "cannot go into the background: %s", strerror(-ret));
-		goto out_unmount;
-	}
-	if (!fs->o->foreground) {
+	if (!fs->o->foreground || succ) {
 		char logpath[4200];
 
 		snprintf(logpath, sizeof(logpath), "%s/lazarusfs.log", fs->dir);
 		fs_log_init(-1, true, logpath, fs->o->debug);
 	}
+	if ((ret = takeover_begin(fs, &ready_fd)))
+		goto out_unmount;
 	if (cache_config_ntiers(&fs->o->cache) && !fs->cache) {
 		char cerr[400] = "";
 
@@ -457,6 +544,8 @@ int fs_run(struct fs *fs, int fuse_argc, char **fuse_argv)
 		if ((ret = cache_start(fs, false, cerr, sizeof(cerr))))
 			fs_log(FS_LOG_ERR, "block cache disabled: %s", cerr);
 	}
+	if (succ && (ret = takeover_init(fs)))
+		goto out_unmount;
 	prom_start(fs);
 	if ((ret = fs_engine_start_threads(fs->engine))) {
 		fs_log(FS_LOG_ERR, "cannot start the engine supervisor: %s", strerror(-ret));
@@ -477,8 +566,15 @@ int fs_run(struct fs *fs, int fuse_argc, char **fuse_argv)
 	ready(&ready_fd, true);
 
 	ret = serve(fs);
-	fs_registry_remove(fs);
-	fs_log(FS_LOG_INFO, "unmounting %s", fs->o->mountpoint);
+	if (!ret && atomic_load(&fs->upgrading)) {
+		/* drained: the holder starts the next binary on the same mount */
+		fs_log(FS_LOG_INFO, "drained for an upgrade of %s", fs->o->mountpoint);
+		fs_engine_keep(fs->engine);
+		ret = FS_TKO_EXIT_UPGRADE;
+	} else {
+		fs_registry_remove(fs);
+		fs_log(FS_LOG_INFO, "unmounting %s", fs->o->mountpoint);
+	}
 	fs_checkpointer_stop(fs);
 	fs_closer_stop(fs);
 	if (fs->meta) {
@@ -497,7 +593,12 @@ out_unmount:
 	ready(&ready_fd, false);
 	fs_prom_free(fs->prom);
 	fs->prom = NULL;
-	fuse_session_unmount(fs->se);
+	/* an upgrade keeps the mount, and so does a successor that failed to
+	 * take over: the holder keeps it and tries again */
+	if (!succ)
+		fuse_session_unmount(fs->se);
+	else if (!ret && fs_mountinfo_find(fs->o->mountpoint, "fuse.lazarusfs", NULL) > 0)
+		umount2(fs->o->mountpoint, MNT_DETACH | UMOUNT_NOFOLLOW);
 out_signals:
 	fuse_remove_signal_handlers(fs->se);
 out_destroy:

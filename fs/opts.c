@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "fs/fs.h"
+#include "fs/takeover.h"
 
 static const char *const profile_names[] = {
 	[FS_PROFILE_COMMAND] = "command",
@@ -132,6 +133,8 @@ void fs_usage(const char *prog)
 	       "  meta_ttl=SECONDS       keep attributes, missing names and listings this\n"
 	       "                         long (inf; default: inf when ro or immutable, else 0)\n"
 	       "  immutable=0|1          the dataset changes only through this mount (0)\n"
+	       "  takeover=on|off        a new proxy takes over the mount when this one\n"
+	       "                         dies or is upgraded (on)\n"
 	       "  meta_max=SIZE          memory for the metadata cache (64M)\n"
 	       "\n"
 	       "block cache options (-o, see lazarusfs.conf(5); no tier = no cache):\n"
@@ -242,7 +245,8 @@ static int parse_own(struct fs_opts *o, const char *key, const char *v,
 	};
 	bool ours = !strcmp(key, "engine") || !strcmp(key, "journal_mem") ||
 		    !strcmp(key, "journal_max") || !strcmp(key, "journal") ||
-		    !strcmp(key, "meta_max") || !strcmp(key, "immutable");
+		    !strcmp(key, "meta_max") || !strcmp(key, "immutable") ||
+		    !strcmp(key, "takeover");
 
 	for (size_t i = 0; i < sizeof(secs) / sizeof(*secs); i++)
 		ours |= !strcmp(key, secs[i].name);
@@ -274,6 +278,14 @@ static int parse_own(struct fs_opts *o, const char *key, const char *v,
 			}
 		snprintf(err, errlen, "invalid value for journal: '%s' (want auto, on or off)", v);
 		return -EINVAL;
+	}
+	if (!strcmp(key, "takeover")) {
+		if (strcmp(v, "on") && strcmp(v, "off")) {
+			snprintf(err, errlen, "invalid value for takeover: '%s' (want on or off)", v);
+			return -EINVAL;
+		}
+		o->no_takeover = v[1] == 'f';
+		return 0;
 	}
 	if (!strcmp(key, "immutable")) {
 		if (strcmp(v, "0") && strcmp(v, "1")) {
@@ -515,7 +527,8 @@ int fs_opts_parse(struct fs_opts *o, int argc, char **argv, int *fuse_argc,
 		goto out;
 	}
 	fs_opts_resolve_meta(o);
-	mnt = realpath(positional[1], NULL);
+	/* a successor must not look at its own mount: nobody serves it yet */
+	mnt = fs_tko_mountpoint() ? strdup(fs_tko_mountpoint()) : realpath(positional[1], NULL);
 	if (!mnt) {
 		ret = -errno;
 		snprintf(err, errlen, "cannot use mountpoint: %s: %s", positional[1], strerror(-ret));

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 
 #include "fs/fs.h"
+#include "fs/takeover.h"
 
 /*
  * Overwrite a secret SOURCE in our own argv so `ps` shows the masked form.
@@ -41,6 +42,13 @@ int main(int argc, char **argv)
 	int fargc = 0, ret;
 
 	umask(0);       /* the kernel already applied the caller's umask */
+	/* a successor worker gets its command line from the holder */
+	if ((ret = fs_tko_successor_argv(&argc, &argv, err, sizeof(err)))) {
+		fprintf(stderr, "lazarusfs: error: %s\n", err);
+		return 1;
+	}
+	if (!fs_tko_is_successor())
+		fs_tko_save_argv(argc, argv);
 	fs_opts_init(&o);
 	ret = fs_opts_parse(&o, argc, argv, &fargc, &fargv, err, sizeof(err));
 	if (ret == 1) {
@@ -62,5 +70,5 @@ out:
 	fs_free(fs);
 	fs_strv_free(fargv);
 	fs_opts_release(&o);
-	return ret ? 1 : 0;
+	return ret == FS_TKO_EXIT_UPGRADE ? FS_TKO_EXIT_UPGRADE : ret ? 1 : 0;
 }
