@@ -57,16 +57,23 @@ alive() {
 	[ -n "$1" ] && [ "$1" != 0 ] && case $(ps -o stat= -p "$1" 2>/dev/null) in "" | Z*) false ;; esac
 }
 
+# waiting: ", N requests waiting": the kernel's count of the mount's
+# requests not answered yet (queued, or read by the proxy and in its
+# hands); nothing when fusectl is not mounted
+waiting() {
+	local dev n
+	dev=$(awk -v m="$MNT" '$5 == m {print $3}' /proc/self/mountinfo | head -n 1)
+	n=$(cat "/sys/fs/fuse/connections/${dev#*:}/waiting" 2>/dev/null) && echo ", $n requests waiting"
+}
+
 # diag: what the mount looks like when a takeover did not happen
 diag() {
-	local s minor holder
+	local s holder
 	s=$(tko_status) && echo "status: $(oneline "$s")" || echo "lazarusctl status fails: $(oneline "$s")"
 	holder=$(field "$s" holder_pid)
 	[ -n "$holder" ] && echo "holder $holder $(alive "$holder" && echo alive || echo DEAD)," \
 		"children: $(pgrep -P "$holder" | tr '\n' ' ')"
-	minor=$(awk -v m="$MNT" '$5 == m {print $3}' /proc/self/mountinfo | head -n 1)
-	[ -n "$minor" ] && echo "kernel connection ${minor#*:}: waiting requests" \
-		"$(cat "/sys/fs/fuse/connections/${minor#*:}/waiting" 2>/dev/null)"
+	echo "kernel connection$(waiting)"
 	echo "stat of the mount root: $(timeout 3 stat -c 'inode %i' "$MNT" 2>&1 || echo 'no answer in 3 s')"
 }
 
@@ -98,21 +105,24 @@ reply_err() {
 	echo "ERR $*" >&4
 }
 
+# serve_kill [SIGNAL]: signal the proxy (KILL), wait for its successor
 serve_kill() {
-	local s old holder engine new t0
+	local sig=${1:-KILL} s old holder engine new t0 w
 	s=$(tko_status) || { reply_err "status before the kill: $(oneline "$s")"; return; }
 	old=$(field "$s" proxy_pid) holder=$(field "$s" holder_pid) engine=$(field "$s" pid)
 	alive "$old" || { reply_err "no live proxy_pid in lazarusctl status: $(oneline "$s")"; return; }
-	kill -9 "$old" || { reply_err "kill -9 $old failed"; return; }
+	w=$(waiting)
+	kill -"$sig" "$old" || { reply_err "kill -$sig $old failed"; return; }
 	t0=$(date +%s%N)
-	echo "SENT $old" >&4
+	echo "SENT $old$w" >&4
 	if ! new=$(wait_new_proxy "$old"); then
-		reply_err "no new proxy within 20 s of kill -9 of proxy $old" \
+		reply_err "no new proxy within 20 s of kill -$sig of proxy $old" \
 			"(old one $(alive "$old" && echo 'still alive' || echo dead)); $(oneline "$(diag)")"
 		return
 	fi
 	s=$(tko_status)
 	KILLS=$((KILLS + 1))
+	[ "$(field "$s" pid)" = "$engine" ] || NOT_ADOPTED=$((NOT_ADOPTED + 1))
 	echo "OK old=$old new=$new ms=$(ms_since "$t0") holder=$holder,$(field "$s" holder_pid)" \
 		"engine=$engine,$(field "$s" pid) proxy_restarts=$(field "$s" proxy_restarts)" >&4
 }
@@ -167,12 +177,12 @@ tko_run() {
 	env "$@" TKO_REQ="$T/req" TKO_REP="$T/rep" TKO_REF="$T/ref" \
 		"$PY" "$TKO" "$scen" "$MNT" "$SRC" 3<&- 4<&- &
 	py=$!
-	TKO_ERR= KILLS=0
+	TKO_ERR= KILLS=0 NOT_ADOPTED=0
 	deadline=$((SECONDS + TKO_LIMIT))
 	while alive "$py"; do
 		if read -r -t 0.5 -u 3 cmd arg; then
 			case $cmd in
-			kill-proxy) serve_kill ;;
+			kill-proxy) serve_kill $arg ;;
 			status) serve_status ;;
 			probe) serve_probe "$arg" ;;
 			upgrade) serve_upgrade "$arg" ;;
@@ -202,7 +212,10 @@ tko_run() {
 	wait "$py"
 	rc=$?
 	exec 3>&- 4>&-
-	[ $rc = 0 ] || fail "$scen: the application saw the failure above ($KILLS takeovers done)"
+	# case 6 fails on it; elsewhere engine recovery hides it: say so
+	[ "$NOT_ADOPTED" = 0 ] ||
+		echo "note: the engine pid changed across $NOT_ADOPTED of $KILLS proxy kills (not adopted)"
+	[ $rc = 0 ] || fail "$scen: takeover.py failed as above ($KILLS takeovers done)"
 }
 
 # tko_mount KIND: a fresh lazarusfs over a fresh engine of KIND; sets SRC
@@ -215,6 +228,7 @@ tko_mount() {
 	s=$(tko_status) || fail "$1: lazarusctl status: $(oneline "$s")"
 	alive "$(field "$s" proxy_pid)" || fail "$1: lazarusctl status shows no live proxy_pid: $(oneline "$s")"
 	alive "$(field "$s" holder_pid)" || fail "$1: lazarusctl status shows no live holder_pid: $(oneline "$s")"
+	[ "$(field "$s" takeover)" = on ] || fail "$1: lazarusctl status says takeover: $(field "$s" takeover)"
 }
 
 # tko_umount: unmount; the holder, the proxy and the engine all go
@@ -300,7 +314,7 @@ for n in ${TKO_CASES:-$(seq ${#CASES[@]})}; do
 		RESULTS+=("PASS case $n $name (${took}s)")
 	else
 		failed=$((failed + 1))
-		RESULTS+=("FAIL case $n $name (${took}s): $(grep '^FAIL: ' "$T0/case-$n.out" | tail -n 1 | cut -c 7-400)")
+		RESULTS+=("FAIL case $n $name (${took}s): $(grep '^FAIL: ' "$T0/case-$n.out" | head -n 1 | cut -c 7-400)")
 	fi
 done
 echo "=== takeover results"
