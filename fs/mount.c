@@ -342,7 +342,10 @@ int fs_new(struct fs **out, struct fs_opts *o, char *err, size_t errlen)
 			o->cache.prefetch_timeout = pt;
 		}
 		cache_set_log(cache_log);
-		if ((ret = cache_start(fs, !o->foreground, cerr, sizeof(cerr)))) {
+		/* threads would stay behind in the holder if built before the
+		 * takeover fork, or in the parent of daemonize() */
+		if ((ret = cache_start(fs, !o->foreground || !o->no_takeover, cerr,
+				       sizeof(cerr)))) {
 			snprintf(err, errlen, "block cache: %s", cerr);
 			goto out_free;
 		}
@@ -595,7 +598,9 @@ out_unmount:
 	fs->prom = NULL;
 	/* an upgrade keeps the mount, and so does a successor that failed to
 	 * take over: the holder keeps it and tries again */
-	if (!succ)
+	if (ret == FS_TKO_EXIT_UPGRADE)
+		;
+	else if (!succ)
 		fuse_session_unmount(fs->se);
 	else if (!ret && fs_mountinfo_find(fs->o->mountpoint, "fuse.lazarusfs", NULL) > 0)
 		umount2(fs->o->mountpoint, MNT_DETACH | UMOUNT_NOFOLLOW);

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "fs/fs_int.h"
+#include "fs/takeover.h"
 
 #define FS_PROM_SECONDS 5
 
@@ -73,6 +74,14 @@ static void write_families(struct fs_prom *p, FILE *f)
 	       "Engines killed because a call was stuck past hang_timeout.", m.hang_kills);
 	sample(f, p, "lazarusfs_engine_start_failures_total", "counter",
 	       "Starts and restarts that failed.", m.start_failures);
+	if (fs->tko) {
+		sample(f, p, "lazarusfs_proxy_restarts_total", "counter",
+		       "Proxies that died and were replaced on the same mount.",
+		       atomic_load(&fs->tko->sh->crashes));
+		sample(f, p, "lazarusfs_proxy_upgrades_total", "counter",
+		       "Proxies replaced on request (lazarusctl upgrade).",
+		       atomic_load(&fs->tko->sh->upgrades));
+	}
 	head(f, "lazarusfs_engine_recovery_duration_seconds", "histogram",
 	     "Time from the engine's loss to its recovery.");
 	for (size_t i = 0; i < FS_ENGINE_REC_BUCKETS; i++) {

@@ -48,6 +48,7 @@ static void usage(FILE *f)
 		"       lazarusctl [--state-dir DIR] stats MOUNTPOINT [--json]\n"
 		"       lazarusctl [--state-dir DIR] warmup [-j N] MOUNTPOINT PATH...\n"
 		"       lazarusctl [--state-dir DIR] evict MOUNTPOINT [PATH...]\n"
+		"       lazarusctl [--state-dir DIR] upgrade MOUNTPOINT [--binary PATH] [--timeout S]\n"
 		"\n"
 		"  list        every lazarusfs mount of this node: state, engine, pid,\n"
 		"              uptime, restarts (--json: as JSON)\n"
@@ -58,6 +59,8 @@ static void usage(FILE *f)
 		"  warmup      read files or whole trees into the block cache, skipping\n"
 		"              blocks that are cached already (-j: parallel readers, %d)\n"
 		"  evict       drop cached blocks of PATHs and everything below (all without PATH)\n"
+		"  upgrade     replace the proxy in place with PATH (absolute; default: its own\n"
+		"              binary) and wait for the new one to answer (--timeout, 10 s)\n"
 		"  PATH        relative to the mount point, or absolute inside it\n"
 		"  --state-dir the proxy's state_dir ($LAZARUSFS_STATE_DIR; without either,\n"
 		"              the mount's own, from the registry %s, else %s)\n",
@@ -172,6 +175,59 @@ static int cmd_list(bool json)
 		return 1;
 	}
 	return 0;
+}
+
+/*
+ * upgrade: ask the proxy to drain and hand over, then wait until a proxy
+ * with another pid answers, and show its status.
+ */
+static int cmd_upgrade(const char *sock, const char *mnt, const char *binary, double timeout)
+{
+	char cmd[4200], *reply = NULL, old[32];
+	struct timespec ts;
+	double end;
+	int ret;
+
+	if ((ret = fs_ctl_request(sock, "status", &reply, CTL_TIMEOUT_MS))) {
+		fprintf(stderr, "%s: error: %s: no lazarusfs proxy answers for %s (socket %s)\n",
+			prog, strerror(-ret), mnt, sock);
+		return 1;
+	}
+	snprintf(old, sizeof(old), "%s", field(reply, "proxy_pid"));
+	free(reply);
+	snprintf(cmd, sizeof(cmd), "upgrade%s%s", binary ? " " : "", binary ? binary : "");
+	if ((ret = fs_ctl_request(sock, cmd, &reply, CTL_TIMEOUT_MS))) {
+		fprintf(stderr, "%s: error: %s: the proxy of %s did not answer the upgrade\n", prog,
+			strerror(-ret), mnt);
+		return 1;
+	}
+	if (!strncmp(reply, "error:", 6)) {
+		fprintf(stderr, "%s: %s", prog, reply);
+		free(reply);
+		return 1;
+	}
+	free(reply);
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	end = ts.tv_sec + ts.tv_nsec / 1e9 + timeout;
+	for (;;) {
+		reply = NULL;
+		if (!fs_ctl_request(sock, "status", &reply, CTL_TIMEOUT_MS) &&
+		    strcmp(field(reply, "proxy_pid"), old)) {
+			printf("upgraded: proxy pid %s -> ", old);
+			printf("%s, version ", field(reply, "proxy_pid"));
+			printf("%s\n", field(reply, "version"));
+			free(reply);
+			return 0;
+		}
+		free(reply);
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		if (ts.tv_sec + ts.tv_nsec / 1e9 > end) {
+			fprintf(stderr, "%s: error: no new proxy answers for %s after %g s (see its log)\n",
+				prog, mnt, timeout);
+			return 1;
+		}
+		usleep(50000);
+	}
 }
 
 /* Ready: mounted as fuse.lazarusfs and its proxy answers. */
@@ -650,11 +706,12 @@ int main(int argc, char **argv)
 		{ "json", no_argument, NULL, 'J' },
 		{ "jobs", required_argument, NULL, 'j' },
 		{ "timeout", required_argument, NULL, 't' },
+		{ "binary", required_argument, NULL, 'b' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *state_dir = getenv("LAZARUSFS_STATE_DIR"), *cmd;
+	const char *state_dir = getenv("LAZARUSFS_STATE_DIR"), *cmd, *binary = NULL;
 	char sock[4200], *reply = NULL, *mnt;
 	bool json = false;
 	double timeout = 10;
@@ -669,6 +726,9 @@ int main(int argc, char **argv)
 			break;
 		case 'J':
 			json = true;
+			break;
+		case 'b':
+			binary = optarg;
 			break;
 		case 'j':
 			jobs = atoi(optarg);
@@ -704,7 +764,8 @@ int main(int argc, char **argv)
 	cmd = argv[optind];
 	if (!strcmp(cmd, "wait"))
 		return argc - optind == 2 ? cmd_wait(argv[optind + 1], timeout) : (usage(stderr), 2);
-	if ((!strcmp(cmd, "status") || !strcmp(cmd, "stats")) ? argc - optind != 2 :
+	if ((!strcmp(cmd, "status") || !strcmp(cmd, "stats") || !strcmp(cmd, "upgrade")) ?
+	    argc - optind != 2 :
 	    !strcmp(cmd, "warmup") ? argc - optind < 3 : strcmp(cmd, "evict")) {
 		usage(stderr);
 		return 2;
@@ -718,6 +779,17 @@ int main(int argc, char **argv)
 		fprintf(stderr, "%s: error: %s: state directory path too long\n", prog,
 			strerror(-ret));
 		return 1;
+	}
+	if (!strcmp(cmd, "upgrade")) {
+		char *abs = binary ? realpath(binary, NULL) : NULL;
+
+		if (binary && !abs) {
+			fprintf(stderr, "%s: error: %s: %s\n", prog, binary, strerror(errno));
+			return 1;
+		}
+		ret = cmd_upgrade(sock, argv[optind + 1], abs, timeout);
+		free(abs);
+		return ret;
 	}
 	if (!strcmp(cmd, "warmup") || !strcmp(cmd, "evict")) {
 		mnt = realpath(argv[optind + 1], NULL);
