@@ -284,8 +284,11 @@ void fs_op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
 		fs_meta_changed(fs->meta, nrel);
 		if (flags & RENAME_EXCHANGE)
 			fs_inode_exchange(fs->inodes, parent, name, newparent, newname);
-		else
+		else if (!c.attempt || fs_inode_find(fs->inodes, parent, name))
 			fs_inode_rename(fs->inodes, parent, name, newparent, newname);
+		/* else a resent rename that a dead proxy carried out, table
+		 * included (fs/takeover.h): the kernel had looked the source up,
+		 * so an unknown source means the move is already in the table */
 		/* detach first, so no handle refills the old keys afterwards */
 		if (fs->cache) {
 			fs_cache_detach_moved(fs);
