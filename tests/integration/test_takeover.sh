@@ -27,7 +27,8 @@
 #               rmdir, 2 kills: every call succeeds, tree = local reference
 #   8 upgrade   5 upgrades (the last with --binary) under a verifying reader
 # Each case prints PASS or FAIL with the reason; the test fails if any does.
-# TKO_CASES="1 7" runs only those cases.
+# TKO_CASES="1 7" runs only those cases, TKO_WRITE_ENGINES="bufengine" case
+# 2 over only those engines.
 . "$(dirname "$0")/lib.sh"
 
 TKO=$SRC_DIR/tests/integration/takeover.py
@@ -231,11 +232,21 @@ tko_mount() {
 	[ "$(field "$s" takeover)" = on ] || fail "$1: lazarusctl status says takeover: $(field "$s" takeover)"
 }
 
-# tko_umount: unmount; the holder, the proxy and the engine all go
+# starts: how many proxies the holder started after the first one
+starts() {
+	cat "$LZ_STATE"/*/lazarusfs.log | grep -c -E 'a new proxy takes over|upgrading to'
+}
+
+# tko_umount: unmount; the holder, the proxy and the engine all go, and
+# the holder starts no proxy after the unmount
 tko_umount() {
+	local n
+	n=$(starts)
 	fusermount3 -u "$MNT" || fail "unmount of $MNT"
 	wait_for 10 no_procs "$LZ_STATE" ||
 		fail "processes left 10 s after the unmount: $(pgrep -af -- "$LZ_STATE" | cut -c 1-200 | tr '\n' ';')"
+	[ "$(starts)" = "$n" ] ||
+		fail "the holder started $(($(starts) - n)) proxies after the unmount: $(grep -h -A1 'unmounting' "$LZ_STATE"/*/lazarusfs.log | tail -n 2 | cut -c 1-200 | tr '\n' ';')"
 }
 
 # ---- the cases
@@ -248,7 +259,7 @@ case_read() {
 
 case_write() {
 	local kind
-	for kind in sshfs bufengine; do
+	for kind in ${TKO_WRITE_ENGINES:-sshfs bufengine}; do
 		echo "-- over $kind"
 		tko_mount $kind
 		tko_run write
