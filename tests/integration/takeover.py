@@ -14,8 +14,11 @@ it.  Any error the application sees fails the scenario.  Run with
   takeover.py engine  MNT SRC   the engine is adopted: same pid, 3 kills
   takeover.py meta    MNT SRC   threads create/mkdir/rename/link/symlink/
                                 unlink/rmdir while the proxy is killed twice
+  takeover.py late    MNT SRC   the same calls, done by an engine that
+                                answers 1 s late, in flight at 2 kills
   takeover.py upgrade MNT SRC   5 upgrades while a reader verifies a file
   takeover.py probe   FILE      (run by the shell) who holds a lock on FILE
+  takeover.py late-paths        (for the shell) the paths the late engine delays
 
 The kills are NOT sent from here: a process that signals the proxy must
 not hold the test's descriptors (a child that inherited and closed them
@@ -451,7 +454,7 @@ def engine_scenario(sh, mnt, src):
 
 
 META_THREADS = 4
-META_ITERS = int(os.environ.get("TKO_META_ITERS", "100"))
+META_ITERS = int(os.environ.get("TKO_META_ITERS", "250"))
 KILLS_SENT = [0]                # for the errors: how many kills before them
 
 
@@ -511,8 +514,8 @@ def silly_names(top):
             for n in files if n.startswith(".lazarusfs-silly")]
 
 
-def tree(root):
-    """{relative path: file contents, 'dir', or '-> target'}"""
+def tree(root, contents=True):
+    """{relative path: file contents (or 'file'), 'dir', or '-> target'}"""
     out = {}
     for dirpath, dirs, files in os.walk(root):
         for n in dirs + files:
@@ -522,6 +525,8 @@ def tree(root):
                 out[rel] = "-> " + os.readlink(p)
             elif os.path.isdir(p):
                 out[rel] = "dir"
+            elif not contents:
+                out[rel] = "file"
             else:
                 with open(p, "rb") as f:
                     out[rel] = f.read()
@@ -545,8 +550,8 @@ def meta_scenario(sh, mnt, src):
     root = os.path.join(mnt, "meta")
     io_ok("mkdir", os.mkdir, root)
     th, count, errors = meta_run(root)
-    for k in (1, 2):
-        while sum(count) < total * k // 3 and any(x.is_alive() for x in th):
+    for k in (1, 2):            # at 1/5 and 2/5: a takeover may take 0.5 s
+        while sum(count) < total * k // 5 and any(x.is_alive() for x in th):
             time.sleep(0.001)
         if not any(x.is_alive() for x in th):
             fail("the operations ended before kill %d (%d of %d)" % (k, sum(count), total))
@@ -570,6 +575,99 @@ def meta_scenario(sh, mnt, src):
     print("%d operations from %d threads across 2 kills: every call succeeded; "
           "the mount and the engine's storage equal the reference tree (%d entries)"
           % (total, META_THREADS, len(want)))
+
+
+# Case 7's deterministic part: 7 calls at once, each in a directory of its
+# own (the kernel serializes calls on one directory), on an engine whose
+# answers to these calls come 1 s late (strace delays the syscall's return
+# in the engine for the paths LATE_PATHS only), and the proxy killed 0.3 s
+# in.  The proxy's threads wait
+# for the engine's answers (the kernel waits for a FUSE request the
+# engine has read) and die without answering the application, so the
+# kernel resends each call to the next proxy, which finds it done.
+LATE_SETUP = {"op2/from": b"F", "op3/victim": b"V", "op4/empty": None,
+              "op5/target": b"T"}
+LATE_PATHS = ["op0/new", "op1/dir", "op2/from", "op2/to", "op2/back", "op3/victim",
+              "op4/empty", "op5/target", "op5/hard", "op6/sym", "op6/sym2"]
+
+
+def late_rounds(root):
+    def p(rel):
+        return os.path.join(root, rel)
+
+    def create(rel):
+        os.close(os.open(p(rel), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    return [
+        [("create-excl", create, "op0/new"),
+         ("mkdir", lambda r: os.mkdir(p(r)), "op1/dir"),
+         ("rename", lambda r: os.rename(p("op2/from"), p(r)), "op2/to"),
+         ("unlink", lambda r: os.unlink(p(r)), "op3/victim"),
+         ("rmdir", lambda r: os.rmdir(p(r)), "op4/empty"),
+         ("link", lambda r: os.link(p("op5/target"), p(r)), "op5/hard"),
+         ("symlink", lambda r: os.symlink("target", p(r)), "op6/sym")],
+        [("unlink", lambda r: os.unlink(p(r)), "op0/new"),
+         ("rmdir", lambda r: os.rmdir(p(r)), "op1/dir"),
+         ("rename", lambda r: os.rename(p("op2/to"), p(r)), "op2/back"),
+         ("create-excl", create, "op3/victim"),
+         ("mkdir", lambda r: os.mkdir(p(r)), "op4/empty"),
+         ("unlink", lambda r: os.unlink(p(r)), "op5/target"),
+         ("rename", lambda r: os.rename(p("op6/sym"), p(r)), "op6/sym2")]]
+
+
+def late_setup(root):
+    for i in range(7):
+        os.makedirs(os.path.join(root, "op%d" % i))
+    for rel, data in LATE_SETUP.items():
+        if data is None:
+            os.mkdir(os.path.join(root, rel))
+        else:
+            with open(os.path.join(root, rel), "wb") as f:
+                f.write(data)
+
+
+def late_scenario(sh, mnt, src):
+    ref = os.environ["TKO_REF"]
+    late_setup(ref)
+    for rnd in late_rounds(ref):
+        for _, fn, rel in rnd:
+            fn(rel)
+    late_setup(src)             # behind the mount's back: no call is slow
+    errors = []
+    for k, rnd in enumerate(late_rounds(mnt), 1):
+        done = {}
+
+        def run(name, fn, rel):
+            try:
+                fn(rel)
+                done[rel] = ("ok", time.time())
+            except OSError as e:
+                done[rel] = (errno.errorcode.get(e.errno, e.errno), time.time())
+        th = [threading.Thread(target=run, args=x) for x in rnd]
+        for x in th:
+            x.start()
+        time.sleep(0.3)
+        t_kill = time.time()
+        sh.kill_and_wait()
+        for x in th:
+            x.join()
+        early = [rel for _, _, rel in rnd if done[rel][1] < t_kill]
+        if early:
+            fail("round %d: %s returned before the kill: the engine did not answer late"
+                 % (k, early))
+        errors += ["%s %s: %s" % (name, rel, done[rel][0])
+                   for name, _, rel in rnd if done[rel][0] != "ok"]
+        print("round %d: 7 calls in flight at the kill: %s" % (
+            k, ", ".join("%s %s" % (name, done[rel][0]) for name, _, rel in rnd)))
+    if errors:
+        fail("calls in flight at a kill failed (run twice?): %s" % "; ".join(errors))
+    # (no file opened through the mount: that would be answered late too)
+    for where, got, want in (("the mount", tree(mnt, False), tree(ref, False)),
+                             ("the engine's storage", tree(src), tree(ref))):
+        d = tree_diff(got, want)
+        if d:
+            fail("%s differs from the reference run in %d entries: %s" % (where, len(d), d[:8]))
+    print("14 calls carried out by the engine but answered after the proxy's death: "
+          "each succeeded once; the mount and the engine's storage equal the reference")
 
 
 def upgrade_scenario(sh, mnt, src):
@@ -617,11 +715,15 @@ def upgrade_scenario(sh, mnt, src):
 SCENARIOS = {"read": read_scenario, "write": write_scenario,
              "readdir": readdir_scenario, "unlink": unlink_scenario,
              "lock": lock_scenario, "engine": engine_scenario,
-             "meta": meta_scenario, "upgrade": upgrade_scenario}
+             "meta": meta_scenario, "late": late_scenario,
+             "upgrade": upgrade_scenario}
 
 if __name__ == "__main__":
     if sys.argv[1] == "probe":
         probe(sys.argv[2])
+        sys.exit(0)
+    if sys.argv[1] == "late-paths":
+        print(" ".join(LATE_PATHS))
         sys.exit(0)
     scen, mnt, src = sys.argv[1:4]
     SCENARIOS[scen](Shell(), mnt, src)

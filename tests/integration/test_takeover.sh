@@ -24,7 +24,9 @@
 #   5 lock      a POSIX lock (fcntl) held, seen by another process each time
 #   6 engine    the engine keeps its pid and mount; proxy_restarts +3
 #   7 meta      4 threads: create(O_EXCL)/mkdir/rename/link/symlink/unlink/
-#               rmdir, 2 kills: every call succeeds, tree = local reference
+#               rmdir, 2 kills: every call succeeds, tree = local reference;
+#               then 2 x 7 such calls that the engine carries out but
+#               answers 1 s late (strace), in flight at 2 kills
 #   8 upgrade   5 upgrades (the last with --binary) under a verifying reader
 # Each case prints PASS or FAIL with the reason; the test fails if any does.
 # TKO_CASES="1 7" runs only those cases, TKO_WRITE_ENGINES="bufengine" case
@@ -220,11 +222,27 @@ tko_run() {
 }
 
 # tko_mount KIND: a fresh lazarusfs over a fresh engine of KIND; sets SRC
-# (the engine's storage) and MNT; the engine is started by a first access
+# (the engine's storage) and MNT; the engine is started by a first access.
+# KIND bindfs-late: bindfs whose answers to the non-idempotent calls on
+# the paths of `takeover.py late-paths` (relative: bindfs works in its
+# source) come 1 s late: strace delays the syscalls' return, so they are
+# done on the storage and answered late
 tko_mount() {
-	local s
+	local s opts p
 	SRC=$(engine_src_dir "$1" "src-$1") MNT=$T/mnt-$1
-	lz_mount "$(engine_source "$1" "$SRC")" "$MNT" "$(engine_opts "$1")"
+	if [ "$1" = bindfs-late ]; then
+		command -v strace >/dev/null || fail "strace is not installed (./install-deps.sh)"
+		s='mkdir\,mkdirat\,rename\,renameat\,renameat2\,unlink\,unlinkat\,rmdir'
+		s="$s\\,link\\,linkat\\,symlink\\,symlinkat\\,open\\,openat\\,creat"
+		opts="engine_cmd=strace -f -qq -o /dev/null -e trace=$s -e inject=$s:delay_exit=1000000"
+		for p in $("$PY" "$TKO" late-paths); do
+			opts="$opts -P $p"
+		done
+		opts="$opts bindfs -f --multithreaded {source} {mnt}"
+	else
+		opts=$(engine_opts "$1")
+	fi
+	lz_mount "$(engine_source "$1" "$SRC")" "$MNT" "$opts"
 	stat "$MNT/." >/dev/null || fail "$1: first access to $MNT"
 	s=$(tko_status) || fail "$1: lazarusctl status: $(oneline "$s")"
 	alive "$(field "$s" proxy_pid)" || fail "$1: lazarusctl status shows no live proxy_pid: $(oneline "$s")"
@@ -294,6 +312,11 @@ case_engine() {
 case_meta() {
 	tko_mount bindfs
 	tko_run meta
+	tko_umount
+	echo "-- calls the engine carried out and answered after the proxy died"
+	rm -rf "$T/ref"
+	tko_mount bindfs-late
+	tko_run late
 	tko_umount
 }
 
