@@ -277,7 +277,8 @@ size_t fs_inode_count(struct fs_inode_table *t);
 /*
  * Takeover (fs/inode_log.c, fs/takeover.h): from now on log every change
  * of the table to `l` before returning; with `restore`, first rebuild the
- * table from what `l` holds (a dead worker's table).  0 or -errno.
+ * table from what `l` holds (a dead worker's table).  `l` NULL: stop
+ * logging.  0 or -errno.
  */
 struct fs_statelog;
 int fs_inode_table_log(struct fs_inode_table *t, struct fs_statelog *l, bool restore);
@@ -356,6 +357,8 @@ int fs_journal_fd(const struct fs_journal *j);
  * first entry only.  0 or -errno.
  */
 int fs_journal_set_name(struct fs_journal *j, const char *name, bool load);
+/* fs_journal_free() leaves the named file for a successor (an upgrade). */
+void fs_journal_keep_file(struct fs_journal *j);
 
 /* ----------------------------------------------------------------- I/O */
 

@@ -145,6 +145,9 @@ size_t fs_handle_count(struct fs_handle_table *t);
  */
 struct fs_statelog;
 int fs_handle_table_log(struct fs_handle_table *t, struct fs_statelog *l, bool restore);
+/* An upgrade: stop logging (freeing the table is not the handles'
+ * release) and leave every journal file for the successor. */
+void fs_handle_table_hand_over(struct fs_handle_table *t);
 /* Data bytes and entries of every file's journal, for metrics. */
 void fs_journal_totals(struct fs *fs, size_t *bytes, size_t *entries);
 /* Remember the mode and owner of h's file (from the open's fstat). */

@@ -369,6 +369,17 @@ int fs_handle_table_log(struct fs_handle_table *t, struct fs_statelog *l, bool r
 	return ret;
 }
 
+void fs_handle_table_hand_over(struct fs_handle_table *t)
+{
+	pthread_mutex_lock(&t->lock);
+	t->log = NULL;
+	for (size_t b = 0; b < FILE_BUCKETS; b++)
+		for (struct fs_file *f = t->files[b]; f; f = f->next)
+			if (f->journal)
+				fs_journal_keep_file(f->journal);
+	pthread_mutex_unlock(&t->lock);
+}
+
 int64_t fs_handle_add(struct fs_handle_table *t, struct fs_handle *h)
 {
 	int64_t idx;

@@ -237,7 +237,8 @@ int fs_inode_table_log(struct fs_inode_table *t, struct fs_statelog *l, bool res
 		return ret;
 	pthread_rwlock_wrlock(&t->lock);
 	t->log = l;
-	ret = snapshot_locked(t);
+	if (l)
+		ret = snapshot_locked(t);
 	pthread_rwlock_unlock(&t->lock);
 	return ret;
 }

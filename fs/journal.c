@@ -95,6 +95,7 @@ struct fs_journal {
 	char *spill_dir;
 	char *name;             /* the log file's name in spill_dir, or NULL:
 				 * an unlinked one */
+	bool keep;              /* free leaves the named file (a successor's) */
 	int fd;                 /* the log file, or -1 until the first entry */
 	off_t end;              /* of the log file (0: not even a superblock) */
 	off_t start;            /* punched up to here */
@@ -126,7 +127,7 @@ void fs_journal_free(struct fs_journal *j)
 		return;
 	if (j->fd >= 0)
 		close(j->fd);
-	if (j->name) {
+	if (j->name && !j->keep) {
 		char path[4200];
 
 		snprintf(path, sizeof(path), "%s/%s", j->spill_dir, j->name);
@@ -136,6 +137,11 @@ void fs_journal_free(struct fs_journal *j)
 	free(j->spill_dir);
 	free(j->name);
 	free(j);
+}
+
+void fs_journal_keep_file(struct fs_journal *j)
+{
+	j->keep = true;
 }
 
 int fs_journal_set_name(struct fs_journal *j, const char *name, bool load)

@@ -491,6 +491,15 @@ static int takeover_init(struct fs *fs)
 	return 0;
 }
 
+/* A successor's mount is still at the mount point (not a newer one). */
+static bool mounted_by_us(struct fs *fs)
+{
+	struct fs_mountinfo_dev dev;
+
+	return fs->tko && fs_mountinfo_find(fs->o->mountpoint, "fuse.lazarusfs", &dev) > 0 &&
+	       dev.major == fs->tko->sh->mnt_major && dev.minor == fs->tko->sh->mnt_minor;
+}
+
 int fs_run(struct fs *fs, int fuse_argc, char **fuse_argv)
 {
 	struct fuse_args args = FUSE_ARGS_INIT(fuse_argc, fuse_argv);
@@ -573,6 +582,8 @@ int fs_run(struct fs *fs, int fuse_argc, char **fuse_argv)
 		/* drained: the holder starts the next binary on the same mount */
 		fs_log(FS_LOG_INFO, "drained for an upgrade of %s", fs->o->mountpoint);
 		fs_engine_keep(fs->engine);
+		fs_handle_table_hand_over(fs->handles);
+		fs_inode_table_log(fs->inodes, NULL, false);
 		ret = FS_TKO_EXIT_UPGRADE;
 	} else {
 		fs_registry_remove(fs);
@@ -602,7 +613,7 @@ out_unmount:
 		;
 	else if (!succ)
 		fuse_session_unmount(fs->se);
-	else if (!ret && fs_mountinfo_find(fs->o->mountpoint, "fuse.lazarusfs", NULL) > 0)
+	else if (!ret && mounted_by_us(fs))
 		umount2(fs->o->mountpoint, MNT_DETACH | UMOUNT_NOFOLLOW);
 out_signals:
 	fuse_remove_signal_handlers(fs->se);
@@ -626,6 +637,7 @@ void fs_free(struct fs *fs)
 	fs_engine_free(fs->engine);
 	fs_handle_table_free(fs->handles);
 	fs_inode_table_free(fs->inodes);
+	fs_tko_free(fs->tko);
 	pthread_mutex_destroy(&fs->root_lock);
 	pthread_mutex_destroy(&fs->moves_lock);
 	free(fs->journal_dir);

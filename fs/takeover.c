@@ -51,6 +51,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,6 +74,7 @@ static char *saved_argv;        /* NUL separated */
 static size_t saved_len;
 static bool successor;
 static char successor_mnt[PATH_MAX];
+static char **successor_argv;   /* main's argv from then on */
 
 const char *fs_tko_mountpoint(void)
 {
@@ -141,7 +143,7 @@ int fs_tko_successor_argv(int *argc, char ***argv, char *err, size_t errlen)
 		v[i++] = saved_argv + at;
 	munmap(sh, sizeof(*sh));
 	*argc = n;
-	*argv = v;
+	*argv = successor_argv = v;
 	successor = true;
 	return 0;
 }
@@ -193,6 +195,18 @@ static volatile sig_atomic_t hold_sig;
 static void hold_handler(int sig)
 {
 	hold_sig = sig;
+}
+
+/*
+ * Has the kernel ended the connection (unmounted, aborted)?  Then no
+ * successor could serve it.  A lazily unmounted mount that files still
+ * hold open is still connected, and worth a successor.
+ */
+static bool conn_ended(int fusefd)
+{
+	struct pollfd p = { .fd = fusefd, .events = POLLIN };
+
+	return poll(&p, 1, 0) == 1 && (p.revents & (POLLERR | POLLHUP | POLLNVAL));
 }
 
 static double mono(void)
@@ -270,6 +284,11 @@ static void holder_main(struct fs *fs, pid_t worker, const int fds[4])
 		now = mono();
 		if (WIFEXITED(status) && WEXITSTATUS(status) == FS_TKO_EXIT_GONE)
 			break;
+		if (conn_ended(fds[0])) {
+			fs_log(FS_LOG_INFO, "proxy pid %d exited after the mount went; so do we",
+			       (int)worker);
+			break;
+		}
 		if (WIFEXITED(status) && WEXITSTATUS(status) == FS_TKO_EXIT_UPGRADE) {
 			binary = sh->next_binary;
 			atomic_fetch_add(&sh->upgrades, 1);
@@ -330,6 +349,13 @@ static int make_shared(struct fs_tko *t, struct fs *fs)
 	memcpy(t->sh->argv, saved_argv, saved_len);
 	t->sh->argv_len = (uint32_t)saved_len;
 	snprintf(t->sh->mountpoint, sizeof(t->sh->mountpoint), "%s", fs->o->mountpoint);
+	{
+		struct fs_mountinfo_dev dev = { 0, 0 };
+
+		fs_mountinfo_find(fs->o->mountpoint, "fuse.lazarusfs", &dev);
+		t->sh->mnt_major = dev.major;
+		t->sh->mnt_minor = dev.minor;
+	}
 	return 0;
 }
 

@@ -111,6 +111,7 @@ struct fs_tko_shared {
 	unsigned long long engine_gen;
 	char backend[PATH_MAX];
 	char mountpoint[PATH_MAX];      /* resolved by the first worker */
+	unsigned mnt_major, mnt_minor;  /* its device: ours, not a later mount */
 	/* the binary of the next worker (upgrade), empty: the same */
 	char next_binary[PATH_MAX];
 	/* the original command line, NUL separated (secrets included: this
