@@ -167,17 +167,27 @@ serve_upgrade() {
 	echo "OK pids=$pids ms=$times" >&4
 }
 
-# tko_run SCENARIO [VAR=VALUE...]: run takeover.py SCENARIO on $MNT and
-# $SRC, serving its requests, and fail if it fails or hangs
+# stop_py WHY: kill takeover.py (when alive) and fail with WHY
+stop_py() {
+	if alive "$py"; then
+		echo "takeover.py was stuck in: $(head -n 3 /proc/"$py"/stack 2>/dev/null | tr '\n' ' ')"
+		kill -9 "$py"
+	fi
+	wait "$py" 2>/dev/null
+	exec 3>&- 4>&-
+	fail "$1"
+}
+
+# tko_run SCENARIO: run takeover.py SCENARIO on $MNT and $SRC, serving its
+# requests, and fail if it fails or hangs
 tko_run() {
 	local scen=$1 py cmd arg rc deadline
-	shift
 	rm -f "$T/req" "$T/rep"
 	mkfifo "$T/req" "$T/rep" || fail "mkfifo"
 	# read-write opens do not wait for the other end
 	exec 3<>"$T/req" 4<>"$T/rep"
 	mkdir -p "$T/ref"
-	env "$@" TKO_REQ="$T/req" TKO_REP="$T/rep" TKO_REF="$T/ref" \
+	TKO_REQ="$T/req" TKO_REP="$T/rep" TKO_REF="$T/ref" \
 		"$PY" "$TKO" "$scen" "$MNT" "$SRC" 3<&- 4<&- &
 	py=$!
 	TKO_ERR= KILLS=0 NOT_ADOPTED=0
@@ -195,22 +205,10 @@ tko_run() {
 		if [ -n "$TKO_ERR" ]; then
 			# it may be stuck in I/O on the mount and never read the reply
 			wait_for 5 eval '! alive $py'
-			if alive "$py"; then
-				echo "takeover.py stuck in: $(cat /proc/"$py"/stack 2>/dev/null | head -n 3 | tr '\n' ' ')"
-				kill -9 "$py"
-				TKO_ERR="$TKO_ERR; takeover.py was blocked on the mount and was killed"
-			fi
-			wait "$py" 2>/dev/null
-			exec 3>&- 4>&-
-			fail "$scen: $TKO_ERR"
+			stop_py "$scen: $TKO_ERR"
 		fi
-		if [ $SECONDS -ge $deadline ]; then
-			echo "takeover.py stuck in: $(cat /proc/"$py"/stack 2>/dev/null | head -n 3 | tr '\n' ' ')"
-			kill -9 "$py"
-			wait "$py" 2>/dev/null
-			exec 3>&- 4>&-
-			fail "$scen: no end after $TKO_LIMIT s ($KILLS takeovers done); $(oneline "$(diag)")"
-		fi
+		[ $SECONDS -lt $deadline ] ||
+			stop_py "$scen: no end after $TKO_LIMIT s ($KILLS takeovers done); $(oneline "$(diag)")"
 	done
 	wait "$py"
 	rc=$?
@@ -267,11 +265,11 @@ tko_umount() {
 		fail "the holder started $(($(starts) - n)) proxies after the unmount: $(grep -h -A1 'unmounting' "$LZ_STATE"/*/lazarusfs.log | tail -n 2 | cut -c 1-200 | tr '\n' ';')"
 }
 
-# ---- the cases
+# ---- the cases: case_NAME, or else takeover.py NAME on a bindfs mount
 
-case_read() {
+on_bindfs() {
 	tko_mount bindfs
-	tko_run read
+	tko_run "$1"
 	tko_umount
 }
 
@@ -285,44 +283,12 @@ case_write() {
 	done
 }
 
-case_readdir() {
-	tko_mount bindfs
-	tko_run readdir
-	tko_umount
-}
-
-case_unlink() {
-	tko_mount bindfs
-	tko_run unlink
-	tko_umount
-}
-
-case_lock() {
-	tko_mount bindfs
-	tko_run lock
-	tko_umount
-}
-
-case_engine() {
-	tko_mount bindfs
-	tko_run engine
-	tko_umount
-}
-
 case_meta() {
-	tko_mount bindfs
-	tko_run meta
-	tko_umount
+	on_bindfs meta
 	echo "-- calls the engine carried out and answered after the proxy died"
 	rm -rf "$T/ref"
 	tko_mount bindfs-late
 	tko_run late
-	tko_umount
-}
-
-case_upgrade() {
-	tko_mount bindfs
-	tko_run upgrade
 	tko_umount
 }
 
@@ -340,7 +306,11 @@ for n in ${TKO_CASES:-$(seq ${#CASES[@]})}; do
 		LZ_MOUNTS=() LZ_CLEANUP=() LZ_STATE=
 		mkdir -p "$T"
 		trap lz_cleanup EXIT
-		"case_$name"
+		if declare -F "case_$name" >/dev/null; then
+			"case_$name"
+		else
+			on_bindfs "$name"
+		fi
 	) 2>&1 | tee "$T0/case-$n.out"
 	rc=${PIPESTATUS[0]}
 	took=$((SECONDS - start))
