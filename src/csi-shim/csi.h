@@ -56,6 +56,8 @@ struct csi_config {
 	const char *config_dir;		/* <ns>-<name>.conf per dataset */
 	const char *state_dir;		/* lazarusfs state_dir; ours is <state_dir>/csi */
 	const char *lazarusfs;		/* program started by NodeStageVolume */
+	const char *launcher;		/* command prefix for lazarusfs, words split
+					 * on blanks; NULL or "" for none */
 	enum csi_clean_policy clean_policy;
 	int mount_timeout;		/* seconds to wait for a FUSE mount */
 	const char *kube_api;		/* NULL: https://$KUBERNETES_SERVICE_HOST:PORT */
@@ -69,12 +71,14 @@ struct csi {
 	struct csi_config cfg;		/* strings owned by the caller */
 	char *mount_root;		/* canonical (realpath) */
 	char *kubelet_root;		/* canonical (realpath) */
+	char **launcher;		/* cfg.launcher's words, NULL-terminated;
+					 * NULL when there is none */
 	pthread_mutex_t lock;		/* leaf lock, protects busy */
 	struct csi_busy *busy;		/* protected by lock */
 };
 
-/* Checks the configuration and resolves the roots. cfg's strings must outlive
- * csi. Returns 0, or -errno with a message in st. */
+/* Checks the configuration, resolves the roots and splits the launcher.
+ * cfg's strings must outlive csi. Returns 0, or -errno with a message in st. */
 int csi_init(struct csi *csi, const struct csi_config *cfg, struct csi_status *st);
 void csi_release(struct csi *csi);
 
@@ -179,8 +183,11 @@ int csi_label_key(const char *ns, const char *name, const char *uid, char **key)
 int csi_kube_label(const struct csi_config *cfg, const char *key, bool set,
 		   struct csi_status *st);
 
-/* <state_dir>/<id> of the lazarusfs proxy mounted at point (canonical): id
- * is XXH3_64 of point in 16 hex digits. 0 or -ENAMETOOLONG. */
+/* The mount id lazarusfs gives the proxy mounted at point (canonical): the
+ * XXH3_64 of point in 16 hex digits, as in `lazarusctl status`. */
+void csi_proxy_id(const char *point, char id[17]);
+/* <state_dir>/<id> of the lazarusfs proxy mounted at point (canonical).
+ * 0 or -ENAMETOOLONG. */
 int csi_proxy_dir(const char *state_dir, const char *point, char *out, size_t len);
 
 /* Asks the lazarusfs proxy mounted at point (canonical, as in mountinfo) for

@@ -3,7 +3,8 @@
  * csi.h stays the module's header; this one only connects its files:
  *
  *   node.c     csi_init/csi_release, per-volume serialisation, dispatch
- *   fluid.c    the FUSE mount at fluid_path (start lazarusfs, or wait)
+ *   fluid.c    the FUSE mount at fluid_path (start lazarusfs, through the
+ *              launcher if there is one, or wait)
  *   stage.c    NodeStageVolume, NodeUnstageVolume, node labels
  *   publish.c  NodePublishVolume, NodeUnpublishVolume (bind mounts)
  *   stats.c    NodeGetVolumeStats and the volume condition
@@ -85,6 +86,12 @@ int csi_pub_remove(struct csi *csi, const char *target);
 /* ---- fluid.c --------------------------------------------------------------- */
 
 struct csi_dataset;
+
+/* Splits a --launcher value on blanks into *words, NULL-terminated (NULL
+ * when it has none). {id} is its one placeholder; another {name} is refused
+ * as a typo. 0, or -EINVAL or -ENOMEM with st set. */
+int csi_launcher_parse(const char *s, char ***words, struct csi_status *st);
+void csi_launcher_free(char **words);
 
 /* Loads <config_dir>/<ns>-<name>.conf into ds; *have is false if it is
  * absent (or the request has no valid names). config gets its path. */

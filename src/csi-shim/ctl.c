@@ -30,10 +30,18 @@ static void get_value(const char *reply, const char *key, char *val, size_t len)
 	}
 }
 
+void csi_proxy_id(const char *point, char id[17])
+{
+	snprintf(id, 17, "%016llx", (unsigned long long)XXH3_64bits(point, strlen(point)));
+}
+
 int csi_proxy_dir(const char *state_dir, const char *point, char *out, size_t len)
 {
-	int n = snprintf(out, len, "%s/%016llx", state_dir,
-			 (unsigned long long)XXH3_64bits(point, strlen(point)));
+	char id[17];
+	int n;
+
+	csi_proxy_id(point, id);
+	n = snprintf(out, len, "%s/%s", state_dir, id);
 
 	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
 }

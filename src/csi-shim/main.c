@@ -23,6 +23,8 @@ static void usage(FILE *f)
 		"  --config-dir DIR        per-dataset <ns>-<name>.conf (/etc/lazarusfs)\n"
 		"  --state-dir DIR         lazarusfs state directory (%s)\n"
 		"  --lazarusfs PATH        proxy program to start (lazarusfs, found on PATH)\n"
+		"  --launcher \"CMD ARGS\"   start the proxy through this command, so that it\n"
+		"                          lives outside the plugin's pod; {id} is the mount id\n"
 		"  --clean-policy POLICY   OnRuntimeDeleted or OnDemand (OnRuntimeDeleted)\n"
 		"  --mount-timeout SEC     wait for a FUSE mount this long (30)\n"
 		"  --kube-api URL          API server (https://$KUBERNETES_SERVICE_HOST:PORT)\n"
@@ -42,6 +44,7 @@ int main(int argc, char **argv)
 		{ "config-dir", required_argument, NULL, 'c' },
 		{ "state-dir", required_argument, NULL, 's' },
 		{ "lazarusfs", required_argument, NULL, 'l' },
+		{ "launcher", required_argument, NULL, 'L' },
 		{ "clean-policy", required_argument, NULL, 'p' },
 		{ "mount-timeout", required_argument, NULL, 't' },
 		{ "kube-api", required_argument, NULL, 'a' },
@@ -80,6 +83,7 @@ int main(int argc, char **argv)
 		case 'c': cfg.config_dir = optarg; break;
 		case 's': cfg.state_dir = optarg; break;
 		case 'l': cfg.lazarusfs = optarg; break;
+		case 'L': cfg.launcher = optarg; break;
 		case 'a': cfg.kube_api = optarg; break;
 		case 'T': cfg.kube_token_file = optarg; break;
 		case 'C': cfg.kube_ca_file = optarg; break;

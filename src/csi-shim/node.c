@@ -63,6 +63,15 @@ int csi_init(struct csi *csi, const struct csi_config *cfg, struct csi_status *s
 		free(csi->mount_root);
 		return err;
 	}
+	if (cfg->launcher) {
+		int err = csi_launcher_parse(cfg->launcher, &csi->launcher, st);
+
+		if (err) {
+			free(csi->mount_root);
+			free(csi->kubelet_root);
+			return err;
+		}
+	}
 	pthread_mutex_init(&csi->lock, NULL);
 	return 0;
 }
@@ -78,6 +87,7 @@ void csi_release(struct csi *csi)
 	pthread_mutex_destroy(&csi->lock);
 	free(csi->mount_root);
 	free(csi->kubelet_root);
+	csi_launcher_free(csi->launcher);
 }
 
 /* ---- per-volume, per-target and per-fluid_path serialisation ----------------- */

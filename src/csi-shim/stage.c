@@ -95,9 +95,20 @@ static size_t count_binds(const struct csi_mounts *ms, const struct csi_mount *m
 	return n;
 }
 
+/* A mount of an engine backend, <backend>.<pid of the proxy's holder>. */
+static bool backend_mounted(const struct csi_mounts *ms, const char *backend)
+{
+	size_t i, n = strlen(backend);
+
+	for (i = 0; i < ms->n; i++)
+		if (!strncmp(ms->v[i].point, backend, n) && ms->v[i].point[n] == '.')
+			return true;
+	return false;
+}
+
 /* After its mount is gone a lazarusfs proxy still unmounts its engine from
- * <state_dir>/<id>/backend. A proxy started at the same path before that
- * would lose its backend, so a stage right after an unstage waits for it. */
+ * <state_dir>/<id>/backend.<pid>. A proxy started at the same path before
+ * that would lose its backend, so a stage right after an unstage waits. */
 static void wait_backend_gone(struct csi *csi, const char *point)
 {
 	struct timespec nap = { 0, 50 * 1000 * 1000 };
@@ -113,7 +124,7 @@ static void wait_backend_gone(struct csi *csi, const char *point)
 	for (;;) {
 		if (csi_mounts_read(&ms))
 			return;
-		there = csi_mounts_find(&ms, backend) != NULL;
+		there = backend_mounted(&ms, backend);
 		csi_mounts_free(&ms);
 		if (!there)
 			return;
