@@ -144,7 +144,7 @@ serve_probe() {
 
 # serve_upgrade N: N upgrades in a row, the last to a copy of the binary
 serve_upgrade() {
-	local n=$1 k s old new out t0 pids= times= next=$T/lazarusfs-next bin
+	local n=$1 k s old new out t0 pids="" times="" next=$T/lazarusfs-next bin
 	cp "$LAZARUSFS" "$next" || { reply_err "cannot copy $LAZARUSFS"; return; }
 	for ((k = 1; k <= n; k++)); do
 		s=$(tko_status) || { reply_err "status before upgrade $k: $(oneline "$s")"; return; }
@@ -190,12 +190,12 @@ tko_run() {
 	TKO_REQ="$T/req" TKO_REP="$T/rep" TKO_REF="$T/ref" \
 		"$PY" "$TKO" "$scen" "$MNT" "$SRC" 3<&- 4<&- &
 	py=$!
-	TKO_ERR= KILLS=0 NOT_ADOPTED=0
+	TKO_ERR="" KILLS=0 NOT_ADOPTED=0
 	deadline=$((SECONDS + TKO_LIMIT))
 	while alive "$py"; do
 		if read -r -t 0.5 -u 3 cmd arg; then
 			case $cmd in
-			kill-proxy) serve_kill $arg ;;
+			kill-proxy) serve_kill "${arg:-KILL}" ;;
 			status) serve_status ;;
 			probe) serve_probe "$arg" ;;
 			upgrade) serve_upgrade "$arg" ;;
@@ -204,7 +204,7 @@ tko_run() {
 		fi
 		if [ -n "$TKO_ERR" ]; then
 			# it may be stuck in I/O on the mount and never read the reply
-			wait_for 5 eval '! alive $py'
+			wait_for 5 eval '! alive $py' # (expanded by eval)
 			stop_py "$scen: $TKO_ERR"
 		fi
 		[ $SECONDS -lt $deadline ] ||
@@ -277,7 +277,7 @@ case_write() {
 	local kind
 	for kind in ${TKO_WRITE_ENGINES:-sshfs bufengine}; do
 		echo "-- over $kind"
-		tko_mount $kind
+		tko_mount "$kind"
 		tko_run write
 		tko_umount
 	done
@@ -303,7 +303,8 @@ for n in ${TKO_CASES:-$(seq ${#CASES[@]})}; do
 		# a case of its own: its mounts, state and processes under
 		# $T0/case-N, undone when it ends, pass or fail
 		T=$T0/case-$n
-		LZ_MOUNTS=() LZ_CLEANUP=() LZ_STATE=
+		# shellcheck disable=SC2034 # lib.sh's, for lz_cleanup
+		LZ_MOUNTS=() LZ_CLEANUP=() LZ_STATE=""
 		mkdir -p "$T"
 		trap lz_cleanup EXIT
 		if declare -F "case_$name" >/dev/null; then
