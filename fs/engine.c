@@ -631,6 +631,19 @@ static void clean_stale_backends(const char *dir)
 	closedir(d);
 }
 
+void fs_engine_add_counters(struct fs_engine *e, unsigned long starts,
+			    unsigned long restarts, unsigned long recoveries,
+			    unsigned long hang_kills, unsigned long start_failures)
+{
+	pthread_mutex_lock(&e->lock);
+	e->starts += starts;
+	e->restarts += restarts;
+	e->recoveries += recoveries;
+	e->hang_kills += hang_kills;
+	e->start_failures += start_failures;
+	pthread_mutex_unlock(&e->lock);
+}
+
 void fs_engine_keep(struct fs_engine *e)
 {
 	e->keep = true;

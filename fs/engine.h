@@ -80,6 +80,10 @@ void fs_engine_set_tko(struct fs_engine *e, struct fs_tko *t, pid_t owner);
  */
 int fs_engine_adopt(struct fs_engine *e, pid_t pid, unsigned long long start,
 		    uint64_t gen, const char *backend, char *err, size_t errlen);
+/* A successor goes on counting from the dead proxy's figures. */
+void fs_engine_add_counters(struct fs_engine *e, unsigned long starts,
+			    unsigned long restarts, unsigned long recoveries,
+			    unsigned long hang_kills, unsigned long start_failures);
 /* At shutdown, leave the engine running for a successor (an upgrade). */
 void fs_engine_keep(struct fs_engine *e);
 /* Stop the engine cleanly (SIGTERM, unmount, SIGKILL after a grace period)

@@ -471,6 +471,14 @@ int fs_journal_load(struct fs_journal *j, int fd)
 		e->when = fs_now();
 		if (e->type == J_WRITE)
 			j->bytes += e->len;
+		/* the size the changes leave, as when they were recorded */
+		if (e->type == J_WRITE && e->off + (off_t)e->len > j->size)
+			j->size = e->off + (off_t)e->len;
+		else if (e->type == J_TRUNC)
+			j->size = e->off;
+		else if (e->type == J_FALLOC && !(e->mode & FALLOC_FL_KEEP_SIZE) &&
+			 e->off + (off_t)e->len > j->size)
+			j->size = e->off + (off_t)e->len;
 		if (r.seq > j->seq)
 			j->seq = r.seq;
 		j->tail++;

@@ -465,6 +465,7 @@ static int takeover_begin(struct fs *fs, int *ready_fd)
 				       (unsigned long long)v[i]->ino);
 		fs_handle_put_all(fs->handles, v, n);
 		fs_engine_count_handle(fs->engine, (int)n);
+		fs_tko_load_counters(t, fs->engine);
 		if (pid > 0 && (ret = fs_engine_adopt(fs->engine, pid, t->sh->engine_start,
 						      t->sh->engine_gen, t->sh->backend, err,
 						      sizeof(err))))
@@ -597,6 +598,7 @@ int fs_run(struct fs *fs, int fuse_argc, char **fuse_argv)
 		/* drained: the holder starts the next binary on the same mount */
 		fs_log(FS_LOG_INFO, "drained for an upgrade of %s", fs->o->mountpoint);
 		fs_engine_keep(fs->engine);
+		fs_tko_save_counters(fs->tko, fs->engine);
 		fs_handle_table_hand_over(fs->handles);
 		fs_inode_table_log(fs->inodes, NULL, false);
 		ret = FS_TKO_EXIT_UPGRADE;

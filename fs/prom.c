@@ -58,6 +58,7 @@ static void write_families(struct fs_prom *p, FILE *f)
 	size_t jbytes, jentries;
 
 	fs_engine_get_metrics(fs->engine, &m);
+	fs_tko_save_counters(fs->tko, fs->engine);
 	fs_journal_totals(fs, &jbytes, &jentries);
 	sample(f, p, "lazarusfs_up", "gauge", "1 while the proxy serves the mount.", 1);
 	sample(f, p, "lazarusfs_engine_up", "gauge", "1 while the engine runs and answers.",

@@ -49,6 +49,7 @@
 #define SIO_UNIQUE_RESEND (1ull << 63)  /* FUSE_UNIQUE_RESEND, 7.40 */
 
 static _Thread_local bool tls_resent;
+static _Thread_local void *tls_touched;         /* the buffer prefaulted */
 
 /* The session's: a process has one at a time. */
 static struct {
@@ -78,6 +79,17 @@ static ssize_t sio_read(int fd, void *buf, size_t len, void *userdata)
 		memcpy(buf, sh->init_in, sh->init_in_len);
 		n = (ssize_t)sh->init_in_len;
 		goto init;
+	}
+	/*
+	 * The kernel copies a request into our buffer inside read(); if that
+	 * copy faults while we are being killed, it fails, and the kernel
+	 * ends the request with EIO for the application instead of keeping it
+	 * for a resend.  So every page of the buffer is touched before its
+	 * first read (libfuse keeps one buffer per thread).
+	 */
+	if (sh && tls_touched != buf) {
+		memset(buf, 0, len);
+		tls_touched = buf;
 	}
 	n = read(fd, buf, len);
 	if (n < (ssize_t)sizeof(*ih))

@@ -24,9 +24,11 @@
  * exits too.  Exit FS_TKO_EXIT_UPGRADE means the worker drained at a
  * request boundary on `lazarusctl upgrade`: the holder starts the binary
  * named in the shared page; if that one dies within 10 s it falls back to
- * its own.  Five starts dying within 30 s in a row: the holder gives up and
- * exits, which ends the connection (the mount is lost, as before this
- * existed) rather than looping forever.
+ * its own.  Five proxies in a row that each die within 10 s of their start
+ * (a successor that cannot take over, a crash at every start): the holder
+ * gives up and exits, which ends the connection (the mount is lost, as
+ * before this existed) rather than looping forever.  Upgrades, and proxies
+ * that served for a while before they died, do not count.
  *
  * What a successor inherits and how it uses it:
  *   - the /dev/fuse fd: its session reads it through fs/session_io.c,
@@ -66,8 +68,8 @@
 #include "fs/takeover.h"
 
 #define TKO_ENV "LAZARUSFS_TAKEOVER"
-#define GIVE_UP_STARTS 5
-#define GIVE_UP_WINDOW 30.0
+#define GIVE_UP_STARTS 5         /* proxies in a row that died young */
+#define YOUNG 10.0              /* seconds: a proxy that dies sooner died young */
 #define UPGRADE_PROBATION 10.0
 
 static char *saved_argv;        /* NUL separated */
@@ -95,6 +97,15 @@ void fs_tko_save_argv(int argc, char **argv)
 		memcpy(saved_argv + saved_len, argv[i], l);
 		saved_len += l;
 	}
+}
+
+void fs_tko_release_argv(void)
+{
+	free(successor_argv);
+	successor_argv = NULL;
+	free(saved_argv);
+	saved_argv = NULL;
+	saved_len = 0;
 }
 
 bool fs_tko_is_successor(void)
@@ -188,6 +199,29 @@ void fs_tko_set_engine(struct fs_tko *t, pid_t pid, unsigned long long gen,
 	atomic_store(&t->sh->engine_pid, (int)pid);
 }
 
+void fs_tko_save_counters(struct fs_tko *t, struct fs_engine *e)
+{
+	struct fs_engine_metrics m;
+
+	if (!t)
+		return;
+	fs_engine_get_metrics(e, &m);
+	atomic_store(&t->sh->eng_starts, m.starts);
+	atomic_store(&t->sh->eng_restarts, m.restarts);
+	atomic_store(&t->sh->eng_recoveries, m.recoveries);
+	atomic_store(&t->sh->eng_hang_kills, m.hang_kills);
+	atomic_store(&t->sh->eng_start_failures, m.start_failures);
+}
+
+void fs_tko_load_counters(struct fs_tko *t, struct fs_engine *e)
+{
+	fs_engine_add_counters(e, atomic_load(&t->sh->eng_starts),
+			       atomic_load(&t->sh->eng_restarts),
+			       atomic_load(&t->sh->eng_recoveries),
+			       atomic_load(&t->sh->eng_hang_kills),
+			       atomic_load(&t->sh->eng_start_failures));
+}
+
 /* ---------------------------------------------------------- holder */
 
 static volatile sig_atomic_t hold_sig;
@@ -250,8 +284,8 @@ static void holder_main(struct fs *fs, pid_t worker, const int fds[4])
 	struct fs_tko_shared *sh = fs->tko->sh;
 	struct sigaction sa = { .sa_handler = hold_handler };
 	int exefd = open("/proc/self/exe", O_RDONLY | O_CLOEXEC), oom;
-	double starts[GIVE_UP_STARTS] = { 0 }, started = mono();
-	unsigned nstarts = 0;
+	double started = mono();
+	unsigned young = 0;     /* proxies in a row that died young */
 	bool trial = false;     /* the worker runs a new binary on probation */
 
 	prctl(PR_SET_NAME, "lazarusfs-hold");
@@ -316,11 +350,13 @@ static void holder_main(struct fs *fs, pid_t worker, const int fds[4])
 			       fs->o->mountpoint);
 			break;
 		}
-		starts[nstarts++ % GIVE_UP_STARTS] = now;
-		if (nstarts >= GIVE_UP_STARTS &&
-		    now - starts[nstarts % GIVE_UP_STARTS] < GIVE_UP_WINDOW) {
-			fs_log(FS_LOG_ERR, "%d proxies died within %g s; giving up the mount %s",
-			       GIVE_UP_STARTS, GIVE_UP_WINDOW, fs->o->mountpoint);
+		if (binary)
+			young = 0;
+		else if (now - started >= YOUNG)
+			young = 1;
+		else if (++young >= GIVE_UP_STARTS) {
+			fs_log(FS_LOG_ERR, "%d proxies in a row died within %g s of their start; giving up the mount %s",
+			       GIVE_UP_STARTS, YOUNG, fs->o->mountpoint);
 			break;
 		}
 		started = now;

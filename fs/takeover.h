@@ -112,6 +112,10 @@ struct fs_tko_shared {
 	char backend[PATH_MAX];
 	char mountpoint[PATH_MAX];      /* resolved by the first worker */
 	unsigned mnt_major, mnt_minor;  /* its device: ours, not a later mount */
+	/* the engine's counters as the last worker published them (every
+	 * textfile write and at an upgrade), so they go on after a takeover */
+	atomic_ulong eng_starts, eng_restarts, eng_recoveries, eng_hang_kills,
+		     eng_start_failures;
 	/* the binary of the next worker (upgrade), empty: the same */
 	char next_binary[PATH_MAX];
 	/* the original command line, NUL separated (secrets included: this
@@ -143,6 +147,8 @@ void fs_tko_save_argv(int argc, char **argv);
  * -errno with a message in err.
  */
 int fs_tko_successor_argv(int *argc, char ***argv, char *err, size_t errlen);
+/* Free what the two calls above keep (at the end of main). */
+void fs_tko_release_argv(void);
 /* True when this process is a successor worker. */
 bool fs_tko_is_successor(void);
 /* A successor's mountpoint as the first worker resolved it, else NULL. */
@@ -160,6 +166,10 @@ void fs_tko_free(struct fs_tko *t);
 /* The engine mounted (pid > 0) or went (0): what the next worker adopts. */
 void fs_tko_set_engine(struct fs_tko *t, pid_t pid, unsigned long long gen,
 		       const char *backend);
+/* Publish the engine's counters for a successor / take them over. */
+struct fs_engine;
+void fs_tko_save_counters(struct fs_tko *t, struct fs_engine *e);
+void fs_tko_load_counters(struct fs_tko *t, struct fs_engine *e);
 /* /proc/PID/stat starttime, 0 when unknown. */
 unsigned long long fs_tko_proc_start(pid_t pid);
 

@@ -70,5 +70,6 @@ out:
 	fs_free(fs);
 	fs_strv_free(fargv);
 	fs_opts_release(&o);
+	fs_tko_release_argv();
 	return ret == FS_TKO_EXIT_UPGRADE ? FS_TKO_EXIT_UPGRADE : ret ? 1 : 0;
 }

@@ -192,8 +192,13 @@ tko_run() {
 	py=$!
 	TKO_ERR="" KILLS=0 NOT_ADOPTED=0
 	deadline=$((SECONDS + TKO_LIMIT))
+	partial=""
 	while alive "$py"; do
-		if read -r -t 0.5 -u 3 cmd arg; then
+		# a timeout can fire in the middle of a line (bash reads a fifo a
+		# byte at a time): keep what it read for the next try
+		if read -r -t 0.5 -u 3 line; then
+			line="$partial$line" partial=""
+			read -r cmd arg <<<"$line"
 			case $cmd in
 			kill-proxy) serve_kill "${arg:-KILL}" ;;
 			status) serve_status ;;
@@ -201,6 +206,8 @@ tko_run() {
 			upgrade) serve_upgrade "$arg" ;;
 			*) reply_err "unknown request: $cmd" ;;
 			esac
+		else
+			partial="$partial$line"
 		fi
 		if [ -n "$TKO_ERR" ]; then
 			# it may be stuck in I/O on the mount and never read the reply
