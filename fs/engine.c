@@ -764,6 +764,11 @@ void fs_engine_free(struct fs_engine *e)
 {
 	if (!e)
 		return;
+	/* left running for a successor (fs_engine_keep): ours to free only */
+	if (e->cur) {
+		close(e->cur->rootfd);
+		free(e->cur);
+	}
 	if (e->evfd >= 0)
 		close(e->evfd);
 	free(e->id);

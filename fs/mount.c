@@ -601,6 +601,7 @@ int fs_run(struct fs *fs, int fuse_argc, char **fuse_argv)
 		fs_tko_save_counters(fs->tko, fs->engine);
 		fs_handle_table_hand_over(fs->handles);
 		fs_inode_table_log(fs->inodes, NULL, false);
+		atomic_store(&fs->tko->sh->handover, true);
 		ret = FS_TKO_EXIT_UPGRADE;
 	} else {
 		fs_registry_remove(fs);

@@ -323,7 +323,9 @@ static void holder_main(struct fs *fs, pid_t worker, const int fds[4])
 			       (int)worker);
 			break;
 		}
-		if (WIFEXITED(status) && WEXITSTATUS(status) == FS_TKO_EXIT_UPGRADE) {
+		/* the flag, not only the status: a sanitizer may change that */
+		if (atomic_exchange(&sh->handover, false) ||
+		    (WIFEXITED(status) && WEXITSTATUS(status) == FS_TKO_EXIT_UPGRADE)) {
 			binary = sh->next_binary;
 			atomic_fetch_add(&sh->upgrades, 1);
 			atomic_store(&sh->reason, FS_TKO_UPGRADE);

@@ -35,7 +35,8 @@ mount_pt() {
 	wait_for 10 ctl_ready "$2" || fail "no control socket for $2"
 }
 stat_of() { lz_ctl stats "$1" | sed -n "s/^$2: //p"; }
-proxy_pid() { pgrep -f -- "lazarusfs -o state_dir=$LZ_STATE" | head -n 1; }
+# the process serving requests (the holder beside it only keeps the mount)
+proxy_pid() { lz_status "$mnt" proxy_pid; }
 # read_all MNT FILE...: each file reads the same through the mount
 read_all() {
 	local m=$1 f
