@@ -16,7 +16,7 @@ it.  Any error the application sees fails the scenario.  Run with
                                 unlink/rmdir while the proxy is killed twice
   takeover.py late    MNT SRC   the same calls, done by an engine that
                                 answers 1 s late, in flight at 2 kills
-  takeover.py upgrade MNT SRC   5 upgrades while a reader verifies a file
+  takeover.py upgrade MNT SRC   20 upgrades while a reader verifies a file
   takeover.py probe   FILE      (run by the shell) who holds a lock on FILE
   takeover.py late-paths        (for the shell) the paths the late engine delays
 
@@ -670,16 +670,19 @@ def late_scenario(sh, mnt, src):
           "each succeeded once; the mount and the engine's storage equal the reference")
 
 
+UPGRADES = 20   # the issue's figure: 20 in a row under a verifying reader
+
+
 def upgrade_scenario(sh, mnt, src):
     """Read with verification (O_DIRECT, so each read reaches the proxy)
-    while the shell upgrades the proxy 5 times."""
+    while the shell upgrades the proxy UPGRADES times."""
     blocks = min(SIZE_MIB, 64)
     make_source(os.path.join(src, "upg.bin"), blocks)
     want = [block(i) for i in range(blocks)]
     fd = io_ok("open", os.open, os.path.join(mnt, "upg.bin"), os.O_RDONLY | os.O_DIRECT)
     buf = mmap.mmap(-1, MIB)
     s0 = sh.status()
-    sh.send("upgrade", "5")
+    sh.send("upgrade", str(UPGRADES))
     done, passes, reads, stall = None, 0, 0, 0.0
     while True:
         for i in range(blocks):
@@ -701,11 +704,11 @@ def upgrade_scenario(sh, mnt, src):
     s = sh.status()
     d = {k: int(s.get(k, "0")) - int(s0.get(k, "0"))
          for k in ("proxy_upgrades", "proxy_restarts", "restarts")}
-    print("%d verified reads (%d passes over %d MiB) across 5 upgrades, 0 errors; "
+    print("%d verified reads (%d passes over %d MiB) across %d upgrades, 0 errors; "
           "longest read %.2f s; proxy_upgrades +%d, proxy_restarts +%d, engine restarts +%d"
-          % (reads, passes, blocks, stall, d["proxy_upgrades"], d["proxy_restarts"], d["restarts"]))
-    if d["proxy_upgrades"] != 5:
-        fail("proxy_upgrades went up by %d for 5 upgrades" % d["proxy_upgrades"])
+          % (reads, passes, blocks, UPGRADES, stall, d["proxy_upgrades"], d["proxy_restarts"], d["restarts"]))
+    if d["proxy_upgrades"] != UPGRADES:
+        fail("proxy_upgrades went up by %d for %d upgrades" % (d["proxy_upgrades"], UPGRADES))
     if d["proxy_restarts"] != 0:
         fail("proxy_restarts went up by %d during upgrades" % d["proxy_restarts"])
     if s.get("pid") != s0.get("pid") or d["restarts"]:

@@ -27,7 +27,7 @@
 #               rmdir, 2 kills: every call succeeds, tree = local reference;
 #               then 2 x 7 such calls that the engine carries out but
 #               answers 1 s late (strace), in flight at 2 kills
-#   8 upgrade   5 upgrades (the last with --binary) under a verifying reader
+#   8 upgrade   20 upgrades (the last with --binary) under a verifying reader
 # Each case prints PASS or FAIL with the reason; the test fails if any does.
 # TKO_CASES="1 7" runs only those cases, TKO_WRITE_ENGINES="bufengine" case
 # 2 over only those engines.
