@@ -275,11 +275,16 @@ static ssize_t read_direct(struct cache_file *cf, uint64_t index, uint32_t boff,
 	pthread_mutex_lock(&c->lock);
 	/* a short last block costs no more whole than the range: fetch and
 	 * store it now rather than read it twice */
-	queued = m->size - index * c->bs <= c->bs / 8 ? -EAGAIN : pf_fill_queue_locked(c, m, index);
+	queued = m->size - index * c->bs <= c->bs / 8 ? -EAGAIN : 0;
+	/* before the fill is queued: the prefetcher must see this read and
+	 * hold the fill back, not start it beside the read */
+	if (!queued) {
+		__atomic_store_n(&c->last_direct_ns, now_ns(), __ATOMIC_RELAXED);
+		queued = pf_fill_queue_locked(c, m, index);
+	}
 	pthread_mutex_unlock(&c->lock);
 	if (queued < 0)
 		return queued;
-	__atomic_store_n(&c->last_direct_ns, now_ns(), __ATOMIC_RELAXED);
 	if (queued)
 		pf_kick(c);
 	STAT_ADD(c->st.misses, 1);
