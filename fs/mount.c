@@ -592,6 +592,8 @@ int fs_run(struct fs *fs, int fuse_argc, char **fuse_argv)
 		       fs_registry_dir(), strerror(-ret));
 	/* the control socket answers and the textfile exists: ready */
 	ready(&ready_fd, true);
+	if (fs->tko)
+		atomic_store(&fs->tko->sh->serving, true);
 
 	ret = serve(fs);
 	if (!ret && atomic_load(&fs->upgrading)) {

@@ -24,11 +24,11 @@
  * exits too.  Exit FS_TKO_EXIT_UPGRADE means the worker drained at a
  * request boundary on `lazarusctl upgrade`: the holder starts the binary
  * named in the shared page; if that one dies within 10 s it falls back to
- * its own.  Five proxies in a row that each die within 10 s of their start
- * (a successor that cannot take over, a crash at every start): the holder
- * gives up and exits, which ends the connection (the mount is lost, as
- * before this existed) rather than looping forever.  Upgrades, and proxies
- * that served for a while before they died, do not count.
+ * its own.  Five proxies in a row that die before they serve (a successor
+ * that cannot take over, a crash at every start): the holder gives up and
+ * exits, which ends the connection (the mount is lost, as before this
+ * existed) rather than looping forever.  A proxy that served, however
+ * briefly, resets the count; so does an upgrade.
  *
  * What a successor inherits and how it uses it:
  *   - the /dev/fuse fd: its session reads it through fs/session_io.c,
@@ -68,8 +68,7 @@
 #include "fs/takeover.h"
 
 #define TKO_ENV "LAZARUSFS_TAKEOVER"
-#define GIVE_UP_STARTS 5         /* proxies in a row that died young */
-#define YOUNG 10.0              /* seconds: a proxy that dies sooner died young */
+#define GIVE_UP_STARTS 5         /* proxies in a row that died before serving */
 #define UPGRADE_PROBATION 10.0
 
 static char *saved_argv;        /* NUL separated */
@@ -285,7 +284,7 @@ static void holder_main(struct fs *fs, pid_t worker, const int fds[4])
 	struct sigaction sa = { .sa_handler = hold_handler };
 	int exefd = open("/proc/self/exe", O_RDONLY | O_CLOEXEC), oom;
 	double started = mono();
-	unsigned young = 0;     /* proxies in a row that died young */
+	unsigned young = 0;     /* proxies in a row that died before serving */
 	bool trial = false;     /* the worker runs a new binary on probation */
 
 	prctl(PR_SET_NAME, "lazarusfs-hold");
@@ -352,13 +351,11 @@ static void holder_main(struct fs *fs, pid_t worker, const int fds[4])
 			       fs->o->mountpoint);
 			break;
 		}
-		if (binary)
+		if (binary || atomic_exchange(&sh->serving, false))
 			young = 0;
-		else if (now - started >= YOUNG)
-			young = 1;
 		else if (++young >= GIVE_UP_STARTS) {
-			fs_log(FS_LOG_ERR, "%d proxies in a row died within %g s of their start; giving up the mount %s",
-			       GIVE_UP_STARTS, YOUNG, fs->o->mountpoint);
+			fs_log(FS_LOG_ERR, "%d proxies in a row died before they could serve; giving up the mount %s",
+			       GIVE_UP_STARTS, fs->o->mountpoint);
 			break;
 		}
 		started = now;

@@ -101,6 +101,7 @@ struct fs_tko_shared {
 	atomic_ulong upgrades;          /* workers replaced on request */
 	atomic_bool broken;             /* a state log failed: no takeover */
 	atomic_bool handover;           /* the worker drained for an upgrade */
+	atomic_bool serving;            /* the worker took over and serves */
 	/* the INIT the kernel sent and the reply the first worker gave */
 	uint32_t init_in_len, init_out_len;
 	unsigned char init_in[FS_TKO_INIT_MAX];
