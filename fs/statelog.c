@@ -50,6 +50,7 @@ struct sl_rec {
 struct fs_statelog {
 	int fd;
 	struct sl_hdr *h;
+	atomic_bool *alarm;             /* also set when the log breaks, or NULL */
 	unsigned snap;                  /* region a snapshot is written into */
 	uint64_t snap_len;
 };
@@ -107,14 +108,14 @@ void fs_statelog_free(struct fs_statelog *l)
 	free(l);
 }
 
+void fs_statelog_set_alarm(struct fs_statelog *l, atomic_bool *alarm)
+{
+	l->alarm = alarm;
+}
+
 int fs_statelog_fd(const struct fs_statelog *l)
 {
 	return l->fd;
-}
-
-bool fs_statelog_broken(const struct fs_statelog *l)
-{
-	return atomic_load(&l->h->broken);
 }
 
 size_t fs_statelog_size(const struct fs_statelog *l)
@@ -139,6 +140,8 @@ static ssize_t put(struct fs_statelog *l, unsigned i, uint64_t at, uint32_t type
 
 static int fail(struct fs_statelog *l, int err)
 {
+	if (l->alarm)
+		atomic_store(l->alarm, true);
 	if (!atomic_exchange(&l->h->broken, true))
 		fs_log(FS_LOG_ERR, "takeover state log failed, a crash of the proxy will now lose the mount: %s",
 		       strerror(-err));
@@ -191,13 +194,6 @@ int fs_statelog_snap_commit(struct fs_statelog *l)
 		fs_log(FS_LOG_DEBUG, "cannot punch the old state log region: %s", strerror(errno));
 	atomic_store(&l->h->len[old], 0);
 	return 0;
-}
-
-void fs_statelog_clear(struct fs_statelog *l)
-{
-	fs_statelog_snap_begin(l);
-	atomic_store(&l->h->broken, false);
-	fs_statelog_snap_commit(l);
 }
 
 int fs_statelog_each(struct fs_statelog *l,

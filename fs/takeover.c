@@ -420,6 +420,8 @@ int fs_tko_start(struct fs *fs, int fusefd, int ready_fd, struct fs_tko **out)
 		if ((ret = fs_statelog_open(&t->ilog, fds[2], NULL)) ||
 		    (ret = fs_statelog_open(&t->hlog, fds[3], NULL)))
 			goto out_free;
+		fs_statelog_set_alarm(t->ilog, &t->sh->broken);
+		fs_statelog_set_alarm(t->hlog, &t->sh->broken);
 		atomic_store(&t->sh->worker_pid, (int)getpid());
 		*out = t;
 		return 0;
@@ -452,6 +454,8 @@ int fs_tko_start(struct fs *fs, int fusefd, int ready_fd, struct fs_tko **out)
 	}
 	t->ilog = il;
 	t->hlog = hl;
+	fs_statelog_set_alarm(il, &t->sh->broken);
+	fs_statelog_set_alarm(hl, &t->sh->broken);
 	*out = t;
 	return 0;
 out_free:

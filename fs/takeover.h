@@ -53,12 +53,13 @@ struct fs_statelog;
 int fs_statelog_open(struct fs_statelog **out, int fd, const char *name);
 void fs_statelog_free(struct fs_statelog *l);
 int fs_statelog_fd(const struct fs_statelog *l);
+/* Set *alarm too when the log breaks (the shared page's `broken`). */
+void fs_statelog_set_alarm(struct fs_statelog *l, atomic_bool *alarm);
 /* Append one record to the live region: 0, or -errno (log now broken). */
 int fs_statelog_append(struct fs_statelog *l, uint32_t type, const void *p,
 		       size_t len);
 /* Bytes in the live region: the owner snapshots when it grew large. */
 size_t fs_statelog_size(const struct fs_statelog *l);
-bool fs_statelog_broken(const struct fs_statelog *l);
 /* A snapshot: begin, add every record, commit (which makes it live). */
 void fs_statelog_snap_begin(struct fs_statelog *l);
 int fs_statelog_snap_add(struct fs_statelog *l, uint32_t type, const void *p,
@@ -69,8 +70,6 @@ int fs_statelog_snap_commit(struct fs_statelog *l);
 int fs_statelog_each(struct fs_statelog *l,
 		     int (*fn)(void *arg, uint32_t type, const void *p, size_t len),
 		     void *arg);
-/* Empty the log (a fresh mount). */
-void fs_statelog_clear(struct fs_statelog *l);
 
 /* ------------------------------------------------------- shared page */
 
