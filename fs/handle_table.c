@@ -258,30 +258,41 @@ static void hlog_add(struct fs_handle_table *t, uint64_t idx, const struct fs_ha
 		hlog_snapshot_locked(t);
 }
 
+/* Grow the slots (doubling, from 64) until slot idx exists: 0 or
+ * -ENOMEM.  Caller holds t->lock. */
+static int grow_locked(struct fs_handle_table *t, uint64_t idx)
+{
+	size_t cap = t->cap ? t->cap : 64;
+	struct fs_handle **ns;
+	size_t *nf;
+
+	if (idx < t->cap)
+		return 0;
+	while (cap <= idx)
+		cap *= 2;
+	ns = realloc(t->slots, cap * sizeof(*ns));
+	if (ns)
+		t->slots = ns;
+	nf = realloc(t->free_idx, cap * sizeof(*nf));
+	if (nf)
+		t->free_idx = nf;
+	if (!ns || !nf)
+		return -ENOMEM;
+	for (size_t i = t->cap; i < cap; i++)
+		ns[i] = NULL;
+	t->cap = cap;
+	return 0;
+}
+
 /* Put h at slot idx (a restore); caller holds t->lock. */
 static int place_locked(struct fs_handle_table *t, uint64_t idx, struct fs_handle *h)
 {
+	int ret;
+
 	if (idx >= (1u << 24))
 		return -EUCLEAN;
-	if (idx >= t->cap) {
-		size_t cap = t->cap ? t->cap : 64;
-		struct fs_handle **ns;
-		size_t *nf;
-
-		while (cap <= idx)
-			cap *= 2;
-		ns = realloc(t->slots, cap * sizeof(*ns));
-		if (ns)
-			t->slots = ns;
-		nf = realloc(t->free_idx, cap * sizeof(*nf));
-		if (nf)
-			t->free_idx = nf;
-		if (!ns || !nf)
-			return -ENOMEM;
-		for (size_t i = t->cap; i < cap; i++)
-			ns[i] = NULL;
-		t->cap = cap;
-	}
+	if ((ret = grow_locked(t, idx)))
+		return ret;
 	if (t->slots[idx])
 		return -EUCLEAN;
 	if (!h->dir && !(h->file = file_get_locked(t, h->ino)))
@@ -395,22 +406,9 @@ int64_t fs_handle_add(struct fs_handle_table *t, struct fs_handle *h)
 	if (t->nfree) {
 		idx = t->free_idx[--t->nfree];
 	} else {
-		if (t->count == t->cap) {
-			size_t cap = t->cap ? t->cap * 2 : 64;
-			struct fs_handle **ns = realloc(t->slots, cap * sizeof(*ns));
-			size_t *nf = realloc(t->free_idx, cap * sizeof(*nf));
-
-			if (ns)
-				t->slots = ns;
-			if (nf)
-				t->free_idx = nf;
-			if (!ns || !nf) {
-				pthread_mutex_unlock(&t->lock);
-				return -ENOMEM;
-			}
-			for (size_t i = t->cap; i < cap; i++)
-				ns[i] = NULL;
-			t->cap = cap;
+		if (grow_locked(t, t->count)) {
+			pthread_mutex_unlock(&t->lock);
+			return -ENOMEM;
 		}
 		idx = t->count;
 	}
